@@ -250,6 +250,7 @@ static Napi::Value CallOp(const Napi::CallbackInfo& info) {
   }
   torch::jit::Stack stack;
   stack.reserve(formals.size());
+  SDT_TRY
   for (size_t i = 0; i < formals.size(); i++) {
     const c10::Argument& a = formals[i];
     Napi::Value v = i < given ? args.Get(static_cast<uint32_t>(i)) : env.Undefined();
@@ -266,6 +267,7 @@ static Napi::Value CallOp(const Napi::CallbackInfo& info) {
     }
     stack.push_back(toIValue(env, e, a, a.type(), v));
   }
+  SDT_CATCH(env, e->name + describeArgs(args))
   try {
     e->op.callBoxed(&stack);
   } catch (...) {

@@ -49,6 +49,9 @@ std::vector<int64_t> toShape(const Napi::Value& v);
 // unref is queued and done on the JS thread at the next call that creates tensors.
 void drainPendingUnrefs(Napi::Env env);
 
+// Number of CUDA devices (0 without CUDA); written to compile against 1.13 and 2.x hooks.
+int64_t cudaDeviceCount();
+
 void initTensor(Napi::Env env, Napi::Object exports);
 void initOps(Napi::Env env, Napi::Object exports);
 void initMemory(Napi::Env env, Napi::Object exports);

@@ -22,6 +22,20 @@
 
 namespace sdt {
 
+// The CUDA hooks renamed getNumGPUs() to deviceCount() in 2.x: pick whichever exists.
+template <typename H>
+static auto numGpus(const H& h, int) -> decltype(h.deviceCount(), int64_t()) {
+  return static_cast<int64_t>(h.deviceCount());
+}
+template <typename H>
+static auto numGpus(const H& h, long) -> decltype(h.getNumGPUs(), int64_t()) {
+  return static_cast<int64_t>(h.getNumGPUs());
+}
+int64_t cudaDeviceCount() {
+  if (!at::hasCUDA()) return 0;
+  return numGpus(at::detail::getCUDAHooks(), 0);
+}
+
 // ---- thread policy and BLAS -------------------------------------------------------------------
 
 using SetThreadsFn = void (*)(int);
@@ -88,10 +102,31 @@ static Napi::Value Runtime(const Napi::CallbackInfo& info) {
   }
   o.Set("blas", Napi::String::New(env, blas));
   o.Set("cuda", Napi::Boolean::New(env, at::hasCUDA()));
-  o.Set("cudaDevices", Napi::Number::New(env, at::hasCUDA() ? static_cast<double>(at::detail::getCUDAHooks().getNumGPUs()) : 0));
+  o.Set("cudaDevices", Napi::Number::New(env, static_cast<double>(cudaDeviceCount())));
   o.Set("mps", Napi::Boolean::New(env, at::hasMPS()));
   o.Set("parallelInfo", Napi::String::New(env, at::get_parallel_info()));
   return o;
+}
+
+// setAllowTF32(cudnn, cublas): TF32 on Ampere+ GPUs. PyTorch's defaults are cuDNN on, cuBLAS off;
+// tests turn both off to compare against fp32 references.
+static Napi::Value SetAllowTF32(const Napi::CallbackInfo& info) {
+  at::globalContext().setAllowTF32CuDNN(info[0].ToBoolean());
+  at::globalContext().setAllowTF32CuBLAS(info[1].ToBoolean());
+  return info.Env().Undefined();
+}
+
+// cudaSynchronize(): waits for all queued GPU work (for timings); a no-op without CUDA.
+static Napi::Value CudaSynchronize(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  SDT_TRY
+  if (at::hasCUDA()) {
+    // A 1-element device→host copy on the current stream waits for the work queued before it.
+    at::Tensor t = at::zeros({1}, at::TensorOptions().device(at::kCUDA));
+    (void)t.sum().item<float>();
+  }
+  return env.Undefined();
+  SDT_CATCH(env, "cudaSynchronize")
 }
 
 // ---- autocast (mixed precision) ---------------------------------------------------------------
@@ -261,6 +296,8 @@ void initMemory(Napi::Env env, Napi::Object e) {
   e.Set("setNumThreads", Napi::Function::New(env, SetNumThreads));
   e.Set("setBlasThreads", Napi::Function::New(env, SetBlasThreads));
   e.Set("runtime", Napi::Function::New(env, Runtime));
+  e.Set("setAllowTF32", Napi::Function::New(env, SetAllowTF32));
+  e.Set("cudaSynchronize", Napi::Function::New(env, CudaSynchronize));
   e.Set("setAutocast", Napi::Function::New(env, SetAutocast));
   e.Set("autocastExit", Napi::Function::New(env, AutocastExit));
   e.Set("mmapOpen", Napi::Function::New(env, MmapOpen));

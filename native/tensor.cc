@@ -356,9 +356,9 @@ static Napi::Value ManualSeed(const Napi::CallbackInfo& info) {
     std::lock_guard<std::mutex> lock(gen.mutex());
     gen.set_current_seed(seed);
   }
-  if (at::hasCUDA()) {
-    for (int i = 0; i < static_cast<int>(at::detail::getCUDAHooks().getNumGPUs()); i++) {
-      auto gen = at::detail::getCUDAHooks().getDefaultCUDAGenerator(i);
+  for (int64_t i = 0; i < cudaDeviceCount(); i++) {
+    {
+      auto gen = at::globalContext().defaultGenerator(at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(i)));
       std::lock_guard<std::mutex> lock(gen.mutex());
       gen.set_current_seed(seed);
     }
@@ -379,7 +379,7 @@ static Napi::Value NewGenerator(const Napi::CallbackInfo& info) {
     g = at::make_generator<at::CPUGeneratorImpl>(seed);
   } else if (device.is_cuda()) {
     // A fresh CUDA generator: the hooks expose only the default ones, so clone it and reseed.
-    g = at::detail::getCUDAHooks().getDefaultCUDAGenerator(device.has_index() ? device.index() : 0).clone();
+    g = at::globalContext().defaultGenerator(at::Device(at::kCUDA, device.has_index() ? device.index() : 0)).clone();
     g.set_current_seed(seed);
   } else {
     throw std::runtime_error("generators are supported on cpu and cuda, not " + dev);

@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 
 export const REPO = join(dirname(fileURLToPath(import.meta.url)), '..');
 /** ../shared beside the checkout (tests may read it; the product may not). */
-export const SHARED = join(REPO, '..', 'shared');
+export const SHARED = process.env.SDTUNE_SHARED ?? join(REPO, '..', 'shared');
 export const FIXTURES = join(SHARED, 'fixtures');
 export const SPECS = join(SHARED, 'specs');
 
@@ -36,3 +36,6 @@ export function assertClose(a: ArrayLike<number>, b: ArrayLike<number>, atol: nu
   assert.ok(d <= atol, `${what}: max abs error ${d} exceeds ${atol}`);
   return d;
 }
+
+/** The device the suite runs its device-aware tests on: SDTUNE_TEST_DEVICE=cuda on a GPU machine. */
+export const DEVICE: string = process.env.SDTUNE_TEST_DEVICE ?? 'cpu';

@@ -24,6 +24,14 @@ export function setBlasThreads(n: number): boolean {
 export function cudaAvailable(): boolean {
   return native.runtime().cuda;
 }
+/** TF32 matmuls/convs on Ampere+ GPUs (PyTorch's defaults: cuDNN true, cuBLAS false). */
+export function setAllowTF32(cudnn: boolean, cublas: boolean): void {
+  native.setAllowTF32(cudnn, cublas);
+}
+/** Waits for queued GPU work (timings). // waits for the device */
+export function synchronize(): void {
+  native.cudaSynchronize();
+}
 export const torchVersion: string = native.torchVersion;
 
 /** Lazy access to a memory-mapped file (files over 4 GiB included); used by the formats layer. */

@@ -62,6 +62,8 @@ export interface NativeAddon {
   setNumThreads(n: number): void;
   setBlasThreads(n: number): boolean;
   runtime(): RuntimeInfo;
+  setAllowTF32(cudnn: boolean, cublas: boolean): void;
+  cudaSynchronize(): void;
   setAutocast(enabled: boolean, dtype: number): { enabled: boolean; dtype: number };
   autocastExit(enabled: boolean, dtype: number): void;
   mmapOpen(path: string): MappingHandle;

@@ -32,6 +32,27 @@ export function setAllowTF32(cudnn: boolean, cublas: boolean): void {
 export function synchronize(): void {
   native.cudaSynchronize();
 }
+/**
+ * A warning when matrix products go through a slow BLAS (Debian's libtorch uses whatever
+ * libblas.so.3 points to; the reference BLAS is ~37× slower than OpenBLAS), or null.
+ */
+export function blasWarning(blasPath: string): string | null {
+  if (/openblas|mkl|blis|atlas|accelerate/i.test(blasPath) || blasPath === 'unknown') return null;
+  return (
+    `sdtune: matrix products use a slow BLAS (${blasPath}); training will be many times slower. ` +
+    'Install OpenBLAS: sudo apt-get install -y libopenblas0 (then check: update-alternatives --display libblas.so.3-x86_64-linux-gnu)'
+  );
+}
+let blasChecked = false;
+/** Prints the slow-BLAS warning once per process (called when the library loads). */
+export function checkBlas(): void {
+  if (blasChecked) return;
+  blasChecked = true;
+  const w = blasWarning(native.runtime().blas);
+  if (w && !process.env.SDTUNE_QUIET) process.stderr.write(w + '\n');
+}
+checkBlas();
+
 export const torchVersion: string = native.torchVersion;
 
 /** Lazy access to a memory-mapped file (files over 4 GiB included); used by the formats layer. */

@@ -167,6 +167,11 @@ export class VarBuilder {
   }
 }
 
+/** A module with a one-input forward (layers that adapters may wrap: Linear, Conv2d, …). */
+export interface Forward {
+  forward(x: Tensor): Tensor;
+}
+
 /** Base of every module. Registered children and parameters define the state-dict keys. */
 export abstract class Module {
   private readonly params = new Map<string, Tensor>();
@@ -197,6 +202,16 @@ export abstract class Module {
   protected addModule<M extends Module>(name: string | number, m: M): M {
     this.children.set(String(name), m);
     return m;
+  }
+
+  /**
+   * The child called `name`, looked up when called: an adapter that replaced it (LoRA wrapping
+   * to_q, a hypernetwork wrapping to_k) is used without the parent knowing.
+   */
+  protected sub(name: string): Module & Forward {
+    const m = this.children.get(name);
+    if (!m) throw new Error(`${this.constructor.name} has no child ${name}`);
+    return m as Module & Forward;
   }
 
   /** Replaces the child at a dotted path (adapters wrap modules this way); returns the old one. */

@@ -3,14 +3,13 @@
 #
 # Regenerate (Debian's python3-torch, torch 1.13; not pyenv's python3):
 #   /usr/bin/python3 test/data/pt/make.py
-# Values are deterministic (fixed seed), so the tests can assert them.
+# Every value is deterministic (no random init), so the tests can assert them exactly.
 import os
 from collections import OrderedDict
 
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-torch.manual_seed(1234)
 
 
 def out(name):
@@ -34,7 +33,7 @@ state["f64"] = torch.tensor([1.0 / 3.0], dtype=torch.float64)
 torch.save(state, out("state_dict.pt"))
 
 # 2. An A1111 textual-inversion embedding (§6.1, Embedding.save).
-vec = torch.randn(2, 8)
+vec = torch.linspace(-1.0, 1.0, 16).reshape(2, 8)
 vec.requires_grad_(True)
 torch.save(
     {
@@ -56,6 +55,10 @@ def hn_module(dim):
     seq = torch.nn.Sequential(torch.nn.Linear(dim, 2 * dim), torch.nn.ReLU(), torch.nn.Linear(2 * dim, dim))
     wrapper = torch.nn.Module()
     wrapper.linear = seq
+    with torch.no_grad():
+        # Parameter i holds dim + i*0.5 + arange*0.01: recognisable values for the tests.
+        for i, p in enumerate(wrapper.parameters()):
+            p.copy_(dim + i * 0.5 + torch.arange(p.numel(), dtype=torch.float32).reshape(p.shape) * 0.01)
     return wrapper.state_dict()
 
 

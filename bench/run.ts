@@ -1,10 +1,12 @@
 // `npm run bench`: every benchmark, one JSON object per line (see bench/common.ts for the format).
 // Pick some with `npm run bench -- engine formats`.
 import { benchEngine } from './engine.ts';
+import { benchFormats } from './formats.ts';
 import type { BenchLine } from './common.ts';
 
 const suites: Record<string, () => BenchLine[] | Promise<BenchLine[]>> = {
   engine: benchEngine,
+  formats: benchFormats,
 };
 
 const wanted = process.argv.slice(2).filter((a) => !a.startsWith('-'));

@@ -1,12 +1,22 @@
 // The sdtune command line. Each subcommand lives in its own file; this one only dispatches.
 import { engineDemo } from './demo.ts';
+import { parseArgs } from 'node:util';
+import { formatInspect, inspectPath } from './inspect.ts';
+import { convert, type DtypeName, type Target } from './convert.ts';
 
 const USAGE = `usage: sdtune <command> [options]
 
 commands:
   demo                 run the demo (trains a small network on the CPU and prints its loss)
+  inspect PATH [--json]
+                       what a model file is: format, kind, family, tensors, metadata
+  convert IN OUT [--to ldm|diffusers|kohya|peft|a1111-pt|safetensors] [--dtype fp16|bf16|fp32]
+                 [--prune-ema | --use-ema] [--model CHECKPOINT]
+                       checkpoints (single file <-> diffusers folder), LoRAs, embeddings
   help                 this text
 `;
+
+class UsageError extends Error {}
 
 export async function main(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv;
@@ -14,6 +24,40 @@ export async function main(argv: string[]): Promise<number> {
     case 'demo':
       engineDemo({ steps: rest.includes('--quick') ? 30 : 200 });
       return 0;
+    case 'inspect': {
+      const path = rest.find((a) => !a.startsWith('--'));
+      if (!path) throw new UsageError('inspect needs a PATH');
+      const r = inspectPath(path);
+      process.stdout.write((rest.includes('--json') ? JSON.stringify(r) : formatInspect(r)) + '\n');
+      return 0;
+    }
+    case 'convert': {
+      const { values, positionals } = parseArgs({
+        args: rest,
+        allowPositionals: true,
+        options: { to: { type: 'string' }, dtype: { type: 'string' }, 'prune-ema': { type: 'boolean' }, 'use-ema': { type: 'boolean' }, model: { type: 'string' } },
+      });
+      if (positionals.length !== 2) throw new UsageError('convert needs IN and OUT');
+      const targets = ['ldm', 'diffusers', 'kohya', 'peft', 'a1111-pt', 'safetensors'];
+      if (values.to && !targets.includes(values.to)) throw new UsageError(`--to must be one of ${targets.join(', ')}`);
+      if (values.dtype && !['fp16', 'bf16', 'fp32'].includes(values.dtype)) throw new UsageError('--dtype must be fp16, bf16 or fp32');
+      let last = 0;
+      const r = convert(positionals[0], positionals[1], {
+        to: values.to as Target | undefined,
+        dtype: values.dtype as DtypeName | undefined,
+        pruneEma: values['prune-ema'],
+        useEma: values['use-ema'],
+        model: values.model,
+        onProgress: (d, t) => {
+          const pct = Math.floor((100 * d) / t);
+          if (process.stderr.isTTY && (pct !== last || d === t)) process.stderr.write(`\rconverting ${d}/${t} tensors (${pct}%)`);
+          last = pct;
+          if (d === t && process.stderr.isTTY) process.stderr.write('\n');
+        },
+      });
+      process.stdout.write(`wrote ${r.output} (${r.kind} → ${r.target}, ${r.tensors} tensors)${r.notes.length ? '; ' + r.notes.join('; ') : ''}\n`);
+      return 0;
+    }
     case undefined:
     case 'help':
     case '--help':
@@ -32,7 +76,7 @@ if (isMain) {
     (code) => process.exit(code),
     (e: unknown) => {
       process.stderr.write(`sdtune: ${e instanceof Error ? e.message : String(e)}\n`);
-      process.exit(1);
+      process.exit(e instanceof UsageError ? 2 : 1);
     },
   );
 }

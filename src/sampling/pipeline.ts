@@ -1,0 +1,168 @@
+// txt2img and img2img: the one generation path used by the CLI, the job worker and the studio.
+// Follows diffusers 0.25 StableDiffusionPipeline / StableDiffusionImg2ImgPipeline step by step
+// (same random draws in the same order, so the same seed gives the same image), with A1111's
+// prompt handling (75-token chunks, emphasis, BREAK) for the conditioning (spec §8.4–§8.6).
+import * as T from '../torch/index.ts';
+import type { StableDiffusion } from '../models/load.ts';
+import type { RgbImage } from '../formats/png.ts';
+import { makeScheduler, sampleLoop, type SchedulerName } from './schedulers.ts';
+import { encodePrompts, type PromptEmbeddings } from './conditioning.ts';
+
+export interface GenerateOptions {
+  prompt: string;
+  negative?: string;
+  steps?: number;
+  sampler?: SchedulerName;
+  karras?: boolean;
+  /** Classifier-free guidance scale; ≤ 1 disables the unconditional pass (as diffusers). */
+  cfg?: number;
+  width?: number;
+  height?: number;
+  batch?: number;
+  /** One generator seeded with this draws the whole batch's noise (diffusers' convention). */
+  seed?: number;
+  /** A1111's clip skip (1 = last layer). */
+  clipSkip?: number;
+  /** img2img: the starting image and how much of it to repaint (0..1). */
+  init?: RgbImage;
+  strength?: number;
+  /** Textual-inversion vectors by prompt word (see conditioning.ts). */
+  embeddings?: PromptEmbeddings;
+  /** Extra "key: value" pairs for the PNG parameters line (LoRAs used, …). */
+  extraParameters?: Record<string, string>;
+  onStep?: (step: number, total: number) => void;
+}
+
+export interface GeneratedImage {
+  image: RgbImage;
+  seed: number;
+  /** A1111's `parameters` text, for the PNG chunk. */
+  parameters: string;
+}
+
+export const SAMPLER_LABEL: Record<SchedulerName, string> = { ddim: 'DDIM', euler: 'Euler', euler_a: 'Euler a', dpmpp_2m: 'DPM++ 2M' };
+
+/** The checks a user gets before anything runs; sizes must be multiples of 8 (the VAE's factor). */
+export function validateOptions(model: StableDiffusion, o: GenerateOptions): Required<Pick<GenerateOptions, 'steps' | 'cfg' | 'width' | 'height' | 'batch' | 'sampler'>> {
+  const factor = 2 ** (model.vae.cfg.blockOutChannels.length - 1);
+  const size = model.unet.cfg.sampleSize * factor;
+  const r = {
+    steps: o.steps ?? 20,
+    cfg: o.cfg ?? 7.5,
+    width: o.width ?? size,
+    height: o.height ?? size,
+    batch: o.batch ?? 1,
+    sampler: o.sampler ?? ('euler_a' as SchedulerName),
+  };
+  const bad = (what: string) => {
+    throw new RangeError(what);
+  };
+  if (!Number.isInteger(r.steps) || r.steps < 1 || r.steps > 1000) bad(`steps must be a whole number from 1 to 1000 (got ${r.steps})`);
+  if (!Number.isInteger(r.batch) || r.batch < 1 || r.batch > 64) bad(`batch must be 1 to 64 (got ${r.batch})`);
+  if (!Number.isFinite(r.cfg) || r.cfg < 0 || r.cfg > 50) bad(`CFG scale must be between 0 and 50 (got ${r.cfg})`);
+  for (const [name, v] of [['width', r.width], ['height', r.height]] as const) {
+    if (!Number.isInteger(v) || v < factor || v > 4096) bad(`${name} must be between ${factor} and 4096 pixels (got ${v})`);
+    if (v % factor !== 0) {
+      const lo = Math.floor(v / factor) * factor;
+      bad(`${name} ${v} is not a multiple of ${factor} (the VAE works in ${factor}×${factor} blocks): use ${lo} or ${lo + factor}`);
+    }
+  }
+  if (o.init && (o.strength ?? 0.75) <= 0) bad('strength must be above 0 for img2img (0 would return the image unchanged)');
+  if (o.strength !== undefined && (o.strength < 0 || o.strength > 1)) bad(`strength must be between 0 and 1 (got ${o.strength})`);
+  return r;
+}
+
+/** An 8-bit RGB image → [1, 3, H, W] in [-1, 1] (diffusers VaeImageProcessor: /255, ·2 − 1). */
+export function imageToTensor(img: RgbImage, width: number, height: number): T.Tensor {
+  return T.tidy(() => {
+    const rgb = new Uint8Array(img.width * img.height * 3);
+    for (let i = 0; i < img.width * img.height; i++) for (let c = 0; c < 3; c++) rgb[i * 3 + c] = img.data[i * img.channels + c];
+    let x = T.fromBuffer(rgb, 'uint8', [img.height, img.width, 3]).permute(2, 0, 1).unsqueeze(0).to('float32').div(255);
+    if (img.width !== width || img.height !== height) x = T.interpolate(x, { size: [height, width], mode: 'bicubic' }).clamp(0, 1);
+    return x.mul(2).sub(1);
+  });
+}
+
+/** [B, 3, H, W] in about [-1, 1] → 8-bit RGB images (diffusers postprocess: clamp, ·255, round). */
+export function tensorToImages(x: T.Tensor): RgbImage[] {
+  return T.tidy(() => {
+    const [b, , h, w] = x.shape;
+    const u8 = x.div(2).add(0.5).clamp(0, 1).mul(255).round().to('uint8').permute(0, 2, 3, 1).contiguous().cpu();
+    const out: RgbImage[] = [];
+    for (let i = 0; i < b; i++) out.push({ width: w, height: h, channels: 3, data: new Uint8Array(u8.select(0, i).toBuffer()) });
+    return out;
+  });
+}
+
+/** A1111's generation-parameters text (what A1111, Forge and ComfyUI's readers parse). */
+export function parametersText(model: StableDiffusion, o: GenerateOptions, v: ReturnType<typeof validateOptions>, seed: number): string {
+  const sampler = SAMPLER_LABEL[v.sampler] + (o.karras ? ' Karras' : '');
+  const fields: [string, string | number][] = [
+    ['Steps', v.steps],
+    ['Sampler', sampler],
+    ['CFG scale', v.cfg],
+    ['Seed', seed],
+    ['Size', `${v.width}x${v.height}`],
+  ];
+  if (model.hash) fields.push(['Model hash', model.hash]);
+  fields.push(['Model', model.name]);
+  if (o.init) fields.push(['Denoising strength', o.strength ?? 0.75]);
+  if ((o.clipSkip ?? 1) > 1) fields.push(['Clip skip', o.clipSkip!]);
+  for (const [k, x] of Object.entries(o.extraParameters ?? {})) fields.push([k, x]);
+  fields.push(['Version', 'sdtune 0.1.0']);
+  const neg = o.negative ? `\nNegative prompt: ${o.negative}` : '';
+  return `${o.prompt}${neg}\n${fields.map(([k, x]) => `${k}: ${x}`).join(', ')}`;
+}
+
+export function generate(model: StableDiffusion, o: GenerateOptions): GeneratedImage[] {
+  const v = validateOptions(model, o);
+  const seed = o.seed ?? Math.floor(Math.random() * 2 ** 32);
+  const dev = model.device;
+  const cfgOn = v.cfg > 1;
+  const scheduler = makeScheduler(v.sampler, { ...model.schedulerConfig, prediction_type: model.prediction }, { karras: o.karras });
+  try {
+    const latents = T.noGrad(() => T.tidy(() => {
+      // 1. conditioning: [uncond × B, cond × B] along the batch (diffusers' order)
+      const { cond, uncond } = encodePrompts(model, o.prompt, o.negative ?? '', { clipSkip: o.clipSkip, embeddings: o.embeddings, withUncond: cfgOn });
+      const rep = (t: T.Tensor) => t.repeat(v.batch, 1, 1);
+      const context = cfgOn ? T.cat([rep(uncond!), rep(cond)], 0) : rep(cond);
+      // 2. noise: one CPU generator for the whole batch, as diffusers' randn_tensor with a CPU generator
+      const gen = new T.Generator(seed);
+      const factor = 2 ** (model.vae.cfg.blockOutChannels.length - 1);
+      const shape = [v.batch, model.unet.cfg.inChannels, v.height / factor, v.width / factor];
+      let init: T.Tensor | undefined;
+      let start = 0;
+      if (o.init) {
+        // img2img: the posterior sample draws from the generator before the noise does (diffusers order)
+        const img = imageToTensor(o.init, v.width, v.height).to(dev);
+        const post = model.vae.encode(img);
+        init = model.vae.sample(post, gen).mul(model.vae.cfg.scalingFactor).repeat(v.batch, 1, 1, 1);
+        start = scheduler.timestepsForStrength(v.steps, o.strength ?? 0.75).startIndex;
+      } else {
+        scheduler.setTimesteps(v.steps);
+      }
+      const xT = T.randn(shape, { generator: gen }).to(dev);
+      const total = scheduler.timesteps.length - start;
+      // 3. the denoising loop, with classifier-free guidance
+      return sampleLoop(scheduler, xT, (x, t, i) => {
+        const input = cfgOn ? T.cat([x, x], 0) : x;
+        const out = model.unet.forward(input, t, context);
+        if (!cfgOn) return out;
+        const [u, c] = out.chunk(2, 0);
+        return u.add(c.sub(u).mul(v.cfg));
+      }, {
+        init,
+        startIndex: start,
+        generator: gen,
+        onStep: (i) => o.onStep?.(i - start + 1, total),
+      });
+    }));
+    // 4. decode
+    const images = T.noGrad(() => T.tidy(() => tensorToImages(model.vae.decode(latents.div(model.vae.cfg.scalingFactor)))));
+    latents.dispose();
+    const params = parametersText(model, o, v, seed);
+    return images.map((image) => ({ image, seed, parameters: params }));
+  } finally {
+    scheduler.dispose();
+  }
+}

@@ -1,153 +1,163 @@
-// Prompt → text-encoder conditioning, A1111's way (spec §8.6, sd_hijack_clip.py): the prompt is
-// split into chunks of 75 tokens, each framed as BOS + 75 + EOS = 77 and encoded separately; the
-// chunks are concatenated along the sequence. Emphasis multiplies each token's vector by its weight,
-// then the chunk is rescaled to its original mean. A prompt without emphasis gives exactly the
-// ids (and so the embeddings) of diffusers' tokenizer(padding="max_length", max_length=77).
+// Prompt → text-encoder conditioning, A1111's way (spec §8.4–§8.6; modules/prompt_parser.py,
+// sd_hijack_clip.py). The text side (extra-network tags, AND, prompt editing, emphasis, 75-token
+// chunks, embedding slots) is src/text/prompt.ts; this file turns its chunks into tensors:
+//   1. each 77-token chunk is encoded on its own; embedding slots get the embedding's vectors;
+//   2. emphasis: z *= multipliers, then z *= original_mean / new_mean (A1111 "Original");
+//   3. the chunks are concatenated along the sequence, [1, 77·k, dim].
+// A prompt without emphasis gives exactly the ids (and so the embeddings) of diffusers'
+// tokenizer(padding="max_length", max_length=77) — checked against diffusers' encode_prompt.
 import * as T from '../torch/index.ts';
-import type { StableDiffusion } from '../models/load.ts';
-import { BOS, EOS, CHUNK_LENGTH } from '../text/tokenizer.ts';
+import type { ClipTokenizer, Padding } from '../text/tokenizer.ts';
+import type { CLIPTextModel } from '../models/clip.ts';
+import {
+  PromptError,
+  chunkPrompt,
+  parseExtraNetworks,
+  promptSchedule,
+  splitAnd,
+  textAtStep,
+  type ExtraNetworks,
+  type PromptChunk,
+  type ScheduledText,
+} from '../text/prompt.ts';
 
-/** Textual-inversion vectors by the word that triggers them: [n, dim] each. */
+/** Textual-inversion vectors by the word that triggers them (the file's stem): [n, dim] each. */
 export type PromptEmbeddings = ReadonlyMap<string, T.Tensor>;
 
-export interface Chunk {
-  /** 77 ids: BOS, 75 tokens (padded), EOS. */
-  ids: number[];
-  /** 77 weights (1 for BOS/EOS/padding). */
-  weights: number[];
-  /** Positions (in ids) whose vectors come from an embedding instead of the token table. */
-  fixes: { position: number; vectors: T.Tensor }[];
+/** What encoding needs of a model (a StableDiffusion has all of it). */
+export interface TextConditioner {
+  tokenizer: ClipTokenizer;
+  textEncoder: CLIPTextModel;
+  padding: Padding;
+  device: string;
 }
 
-export interface WeightedToken {
-  id: number;
-  weight: number;
-  /** Set for the first slot of an embedding's vectors. */
-  embedding?: { name: string; vectors: T.Tensor };
+export interface EncodeOptions {
+  /** A1111's clip skip (1 = last layer). */
+  clipSkip?: number;
+  embeddings?: PromptEmbeddings;
 }
 
-/**
- * Weighted tokens of a prompt. Emphasis, BREAK and embedding words come from the A1111 parser
- * (src/text/prompt.ts) once it is wired in; plain text tokenizes as the CLIP tokenizer does.
- */
-export function weightedTokens(model: StableDiffusion, text: string, embeddings?: PromptEmbeddings): (WeightedToken | 'BREAK')[] {
-  const out: (WeightedToken | 'BREAK')[] = [];
-  const parts = text.split(/\bBREAK\b/);
-  parts.forEach((part, i) => {
-    if (i > 0) out.push('BREAK');
-    let rest = part;
-    if (embeddings && embeddings.size) {
-      // Embedding names are whole words of the prompt (A1111 matches them on token boundaries).
-      const names = [...embeddings.keys()].sort((a, b) => b.length - a.length).map((n) => n.replace(/[.*+?^${}()|[\]\\]/g, '\\$&'));
-      const re = new RegExp(`(?<![\\w-])(${names.join('|')})(?![\\w-])`, 'g');
-      let last = 0;
-      for (const m of rest.matchAll(re)) {
-        for (const id of model.tokenizer.encode(rest.slice(last, m.index))) out.push({ id, weight: 1 });
-        const vectors = embeddings.get(m[1])!;
-        const n = vectors.size(0);
-        // A1111 holds an embedding's slots with id 0; the vectors replace them after lookup.
-        out.push({ id: 0, weight: 1, embedding: { name: m[1], vectors } });
-        for (let k = 1; k < n; k++) out.push({ id: 0, weight: 1 });
-        last = m.index! + m[0].length;
-      }
-      rest = rest.slice(last);
-    }
-    for (const id of model.tokenizer.encode(rest)) out.push({ id, weight: 1 });
-  });
-  return out;
+function embeddingInfo(embeddings: PromptEmbeddings | undefined): Map<string, { vectors: number }> | undefined {
+  if (!embeddings || embeddings.size === 0) return undefined;
+  return new Map([...embeddings].map(([name, t]) => [name, { vectors: t.size(0) }]));
 }
 
-/**
- * Splits weighted tokens into 75-token chunks (BREAK starts a new one; an embedding is not split).
- * Chunks are padded with EOS and framed BOS … EOS; SD2 then zeroes every id after the first EOS.
- */
-export function chunkTokens(tokens: (WeightedToken | 'BREAK')[], padding: 'sd1' | 'sd2'): Chunk[] {
-  const chunks: Chunk[] = [];
-  let cur: WeightedToken[] = [];
-  const flush = () => {
-    const ids = [BOS];
-    const weights = [1];
-    const fixes: Chunk['fixes'] = [];
-    cur.forEach((t, i) => {
-      ids.push(t.id);
-      weights.push(t.weight);
-      if (t.embedding) fixes.push({ position: i + 1, vectors: t.embedding.vectors });
-    });
-    while (ids.length < CHUNK_LENGTH + 1) {
-      ids.push(EOS);
-      weights.push(1);
-    }
-    ids.push(EOS);
-    weights.push(1);
-    if (padding === 'sd2') {
-      const first = ids.indexOf(EOS);
-      for (let i = first + 1; i < ids.length; i++) ids[i] = 0;
-    }
-    chunks.push({ ids, weights, fixes });
-    cur = [];
-  };
-  for (let i = 0; i < tokens.length; i++) {
-    const t = tokens[i];
-    if (t === 'BREAK') {
-      flush();
-      continue;
-    }
-    const n = t.embedding ? t.embedding.vectors.size(0) : 1;
-    if (cur.length + n > CHUNK_LENGTH) flush();
-    cur.push(t);
-    for (let k = 1; k < n; k++) cur.push(tokens[++i] as WeightedToken);
-  }
-  if (cur.length || chunks.length === 0) flush();
-  return chunks;
+/** One prompt line (no AND, no editing left) → its chunks, as A1111's tokenize_line makes them. */
+export function promptChunks(m: TextConditioner, text: string, o: EncodeOptions = {}): PromptChunk[] {
+  return chunkPrompt(m.tokenizer, text, { embeddings: embeddingInfo(o.embeddings), padding: m.padding }).chunks;
 }
 
-/** Encodes chunks into [1, 77·k, dim] with emphasis applied as A1111 does. */
-export function encodeChunks(model: StableDiffusion, chunks: Chunk[], clipSkip = 1): T.Tensor {
+/** Encodes chunks into [1, 77·k, dim] with embeddings inserted and emphasis applied as A1111 does. */
+export function encodeChunks(m: TextConditioner, chunks: readonly PromptChunk[], o: EncodeOptions = {}): T.Tensor {
   return T.tidy(() => {
-    const enc = model.textEncoder;
-    const dev = model.device;
+    const enc = m.textEncoder;
     const zs = chunks.map((c) => {
-      const ids = T.tensor([c.ids], { dtype: 'int64', device: dev });
+      const ids = T.tensor([c.tokens], { dtype: 'int64', device: m.device });
       let vectors: T.Tensor | undefined;
-      if (c.fixes.length) {
-        // Textual inversion: replace the token vectors at the embedding's positions.
+      if (c.embeddings.length) {
+        // Textual inversion (A1111 EmbeddingsWithFixes): the slots' token vectors are replaced.
         const tok = enc.embeddings.tokens(ids);
-        const rows: T.Tensor[] = [];
+        const parts: T.Tensor[] = [];
         let pos = 0;
-        for (const f of c.fixes) {
-          if (f.position > pos) rows.push(tok.slice(1, pos, f.position));
-          const n = f.vectors.size(0);
-          rows.push(f.vectors.to(dev).to(tok.dtype).unsqueeze(0));
-          pos = f.position + n;
+        for (const fix of c.embeddings) {
+          const v = o.embeddings?.get(fix.name);
+          if (!v) throw new Error(`embedding '${fix.name}' is in the prompt's chunks but was not passed to the encoder`);
+          if (v.size(1) !== tok.size(2)) {
+            throw new Error(`embedding '${fix.name}' has vectors of size ${v.size(1)} but this model's text encoder uses ${tok.size(2)}: it was made for another model family`);
+          }
+          if (fix.position > pos) parts.push(tok.slice(1, pos, fix.position));
+          parts.push(v.to(m.device).to(tok.dtype).unsqueeze(0));
+          pos = fix.position + fix.vectors;
         }
-        if (pos < 77) rows.push(tok.slice(1, pos, 77));
-        vectors = T.cat(rows, 1);
+        if (pos < c.tokens.length) parts.push(tok.slice(1, pos, c.tokens.length));
+        vectors = T.cat(parts, 1);
       }
-      const z = enc.forward(ids, { clipSkip, tokenVectors: vectors }).lastHidden;
-      if (c.weights.every((w) => w === 1)) return z;
-      // A1111: z *= weights; z *= original_mean / new_mean
+      const z = enc.forward(ids, { clipSkip: o.clipSkip, tokenVectors: vectors }).lastHidden;
+      if (c.multipliers.every((w) => w === 1)) return z;
+      // A1111 (sd_emphasis.EmphasisOriginal): z *= multipliers; z *= original_mean / new_mean
       const before = z.mean();
-      const weighted = z.mul(T.tensor(c.weights, { device: dev }).reshape(1, 77, 1));
-      const after = weighted.mean();
-      return weighted.mul(before.div(after));
+      const weighted = z.mul(T.tensor(c.multipliers, { device: m.device }).reshape(1, c.multipliers.length, 1));
+      return weighted.mul(before.div(weighted.mean()));
     });
     return zs.length === 1 ? zs[0] : T.cat(zs, 1);
   });
 }
 
-/**
- * Conditioning for a prompt and its negative. Different chunk counts are evened out by repeating
- * the encoding of an empty chunk, as A1111 does, so classifier-free guidance can batch them.
- */
-export function encodePrompts(model: StableDiffusion, prompt: string, negative: string, o: { clipSkip?: number; embeddings?: PromptEmbeddings; withUncond?: boolean } = {}): { cond: T.Tensor; uncond: T.Tensor | null } {
-  return T.tidy(() => {
-    const pad = model.padding;
-    const c = chunkTokens(weightedTokens(model, prompt, o.embeddings), pad);
-    if (o.withUncond === false) return { cond: encodeChunks(model, c, o.clipSkip), uncond: null };
-    const u = chunkTokens(weightedTokens(model, negative, o.embeddings), pad);
-    const empty = chunkTokens([], pad)[0];
-    while (c.length < u.length) c.push(empty);
-    while (u.length < c.length) u.push(empty);
-    return { cond: encodeChunks(model, c, o.clipSkip), uncond: encodeChunks(model, u, o.clipSkip) };
-  });
+/** Encodes one prompt line: [1, 77·k, dim]. */
+export function encodeText(m: TextConditioner, text: string, o: EncodeOptions = {}): T.Tensor {
+  return encodeChunks(m, promptChunks(m, text, o), o);
 }
+
+/** One sub-prompt of `a AND b:0.5`, with its prompt-editing schedule. */
+export interface CondPart {
+  weight: number;
+  schedule: ScheduledText[];
+}
+
+/**
+ * A prompt and negative prompt, ready for the sampler: every text that some step uses, encoded
+ * once, all padded to the same chunk count (A1111 pads the shorter with encodings of the empty
+ * prompt) so that classifier-free guidance batches them. Owns its tensors: dispose() when done.
+ */
+export class Conditioning {
+  private constructor(
+    /** Positive sub-prompts (AND) with their weights and schedules. */
+    readonly parts: readonly CondPart[],
+    readonly negative: readonly ScheduledText[],
+    /** Encoded text by its string. */
+    private readonly encoded: Map<string, T.Tensor>,
+    /** The LoRA and hypernetwork tags that were cut out of the prompts. */
+    readonly extraNetworks: ExtraNetworks,
+  ) {}
+
+  /**
+   * Parses (extra networks → AND → prompt editing over `steps`) and encodes. The negative prompt's
+   * extra-network tags are cut out too (A1111 applies only the positive prompt's networks).
+   */
+  static build(m: TextConditioner, prompt: string, negative: string, steps: number, o: EncodeOptions = {}): Conditioning {
+    const nets = parseExtraNetworks(prompt);
+    const negText = parseExtraNetworks(negative).prompt;
+    const parts = splitAnd(nets.prompt).map((p) => ({ weight: p.weight, schedule: promptSchedule(p.text, steps) }));
+    const neg = promptSchedule(negText, steps);
+    const texts = new Set<string>([...parts.flatMap((p) => p.schedule.map((s) => s.text)), ...neg.map((s) => s.text)]);
+    const encoded = new Map<string, T.Tensor>();
+    try {
+      T.tidy(() => {
+        const chunks = new Map([...texts].map((t) => [t, promptChunks(m, t, o)] as const));
+        const most = Math.max(...[...chunks.values()].map((c) => c.length));
+        const empty = most > 1 ? promptChunks(m, '', o)[0] : undefined;
+        for (const [t, c] of chunks) {
+          const padded = [...c];
+          while (padded.length < most) padded.push(empty!);
+          encoded.set(t, T.keep(encodeChunks(m, padded, o)));
+        }
+      });
+    } catch (e) {
+      for (const t of encoded.values()) t.dispose();
+      throw e;
+    }
+    return new Conditioning(parts, neg, encoded, nets);
+  }
+
+  /** [1, L, dim] for the positive sub-prompt `part` at sampler step `step` (0-based). */
+  cond(part: number, step: number): T.Tensor {
+    return this.encoded.get(textAtStep(this.parts[part].schedule, step))!;
+  }
+
+  uncond(step: number): T.Tensor {
+    return this.encoded.get(textAtStep(this.negative, step))!;
+  }
+
+  /** Whether the conditioning changes between steps (prompt editing or alternation). */
+  get scheduled(): boolean {
+    return this.parts.some((p) => p.schedule.length > 1) || this.negative.length > 1;
+  }
+
+  dispose(): void {
+    for (const t of this.encoded.values()) t.dispose();
+    this.encoded.clear();
+  }
+}
+
+export { PromptError };

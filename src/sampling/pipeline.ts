@@ -6,7 +6,8 @@ import * as T from '../torch/index.ts';
 import type { StableDiffusion } from '../models/load.ts';
 import type { RgbImage } from '../formats/png.ts';
 import { makeScheduler, sampleLoop, type SchedulerName } from './schedulers.ts';
-import { encodePrompts, type PromptEmbeddings } from './conditioning.ts';
+import { Conditioning, PromptError, type PromptEmbeddings } from './conditioning.ts';
+import type { ExtraNetworks } from '../text/prompt.ts';
 
 export interface GenerateOptions {
   prompt: string;
@@ -31,6 +32,11 @@ export interface GenerateOptions {
   /** Extra "key: value" pairs for the PNG parameters line (LoRAs used, …). */
   extraParameters?: Record<string, string>;
   onStep?: (step: number, total: number) => void;
+  /**
+   * Receives the `<lora:…>` / `<hypernet:…>` tags cut out of the prompt, to apply them before the
+   * UNet runs. Without it, a prompt with such tags is refused (nothing to look them up in).
+   */
+  onExtraNetworks?: (nets: ExtraNetworks) => void;
 }
 
 export interface GeneratedImage {
@@ -49,8 +55,9 @@ export function validateOptions(model: StableDiffusion, o: GenerateOptions): Req
   const r = {
     steps: o.steps ?? 20,
     cfg: o.cfg ?? 7.5,
-    width: o.width ?? size,
-    height: o.height ?? size,
+    // img2img keeps the image's size, rounded down to the VAE's factor (diffusers VaeImageProcessor).
+    width: o.width ?? (o.init ? Math.max(factor, o.init.width - (o.init.width % factor)) : size),
+    height: o.height ?? (o.init ? Math.max(factor, o.init.height - (o.init.height % factor)) : size),
     batch: o.batch ?? 1,
     sampler: o.sampler ?? ('euler_a' as SchedulerName),
   };
@@ -114,42 +121,74 @@ export function parametersText(model: StableDiffusion, o: GenerateOptions, v: Re
   return `${o.prompt}${neg}\n${fields.map(([k, x]) => `${k}: ${x}`).join(', ')}`;
 }
 
+export interface GenerateResult {
+  images: GeneratedImage[];
+  /** The final latents [B, 4, h, w] (scaled, before decoding), when `keepLatents` was set. */
+  latents?: T.Tensor;
+}
+
+/**
+ * txt2img / img2img. Order of work (diffusers StableDiffusionPipeline.__call__):
+ *   1. conditioning for every text a step uses (prompt editing, AND parts, negative);
+ *   2. the starting latents from one CPU generator seeded with `seed` (img2img: the VAE posterior
+ *      sample is drawn first, then the noise — diffusers' order);
+ *   3. the denoising loop with classifier-free guidance;
+ *   4. decoding.
+ * With AND, A1111's composable form: ε = ε_u + cfg·Σ wᵢ(εᵢ − ε_u).
+ */
 export function generate(model: StableDiffusion, o: GenerateOptions): GeneratedImage[] {
+  const r = generateWithLatents(model, o, false);
+  return r.images;
+}
+
+export function generateWithLatents(model: StableDiffusion, o: GenerateOptions, keepLatents = true): GenerateResult {
   const v = validateOptions(model, o);
   const seed = o.seed ?? Math.floor(Math.random() * 2 ** 32);
+  if (!Number.isInteger(seed) || seed < 0 || seed >= 2 ** 64) throw new RangeError(`seed must be a whole number from 0 to 2^64-1 (got ${seed})`);
   const dev = model.device;
-  const cfgOn = v.cfg > 1;
   const scheduler = makeScheduler(v.sampler, { ...model.schedulerConfig, prediction_type: model.prediction }, { karras: o.karras });
+  // Prompt editing counts the steps that run (img2img runs fewer than `steps`).
+  const start = o.init ? scheduler.timestepsForStrength(v.steps, o.strength ?? 0.75).startIndex : (scheduler.setTimesteps(v.steps), 0);
+  const total = scheduler.timesteps.length - start;
+  const cond = T.noGrad(() => Conditioning.build(model, o.prompt, o.negative ?? '', total, { clipSkip: o.clipSkip, embeddings: o.embeddings }));
   try {
+    const nets = cond.extraNetworks;
+    if (nets.loras.length || nets.hypernets.length) {
+      if (!o.onExtraNetworks) {
+        const tags = [...nets.loras.map((l) => `<lora:${l.name}>`), ...nets.hypernets.map((h) => `<hypernet:${h.name}>`)];
+        throw new PromptError(`the prompt names ${tags.join(', ')} but no LoRA or hypernetwork folder was given to look them up in`);
+      }
+      o.onExtraNetworks(nets);
+    }
+    const parts = cond.parts.length;
+    const withUncond = v.cfg > 1 || parts > 1;
     const latents = T.noGrad(() => T.tidy(() => {
-      // 1. conditioning: [uncond × B, cond × B] along the batch (diffusers' order)
-      const { cond, uncond } = encodePrompts(model, o.prompt, o.negative ?? '', { clipSkip: o.clipSkip, embeddings: o.embeddings, withUncond: cfgOn });
-      const rep = (t: T.Tensor) => t.repeat(v.batch, 1, 1);
-      const context = cfgOn ? T.cat([rep(uncond!), rep(cond)], 0) : rep(cond);
       // 2. noise: one CPU generator for the whole batch, as diffusers' randn_tensor with a CPU generator
       const gen = new T.Generator(seed);
       const factor = 2 ** (model.vae.cfg.blockOutChannels.length - 1);
       const shape = [v.batch, model.unet.cfg.inChannels, v.height / factor, v.width / factor];
       let init: T.Tensor | undefined;
-      let start = 0;
       if (o.init) {
-        // img2img: the posterior sample draws from the generator before the noise does (diffusers order)
         const img = imageToTensor(o.init, v.width, v.height).to(dev);
         const post = model.vae.encode(img);
         init = model.vae.sample(post, gen).mul(model.vae.cfg.scalingFactor).repeat(v.batch, 1, 1, 1);
-        start = scheduler.timestepsForStrength(v.steps, o.strength ?? 0.75).startIndex;
-      } else {
-        scheduler.setTimesteps(v.steps);
       }
       const xT = T.randn(shape, { generator: gen }).to(dev);
-      const total = scheduler.timesteps.length - start;
-      // 3. the denoising loop, with classifier-free guidance
+      // 3. the denoising loop; the context batch is [uncond × B, part₁ × B, …] (diffusers' order)
       return sampleLoop(scheduler, xT, (x, t, i) => {
-        const input = cfgOn ? T.cat([x, x], 0) : x;
+        const step = i - start;
+        const ctx: T.Tensor[] = [];
+        if (withUncond) ctx.push(cond.uncond(step));
+        for (let p = 0; p < parts; p++) ctx.push(cond.cond(p, step));
+        const context = T.cat(ctx.map((c) => c.repeat(v.batch, 1, 1)), 0);
+        const input = ctx.length > 1 ? T.cat(ctx.map(() => x), 0) : x;
         const out = model.unet.forward(input, t, context);
-        if (!cfgOn) return out;
-        const [u, c] = out.chunk(2, 0);
-        return u.add(c.sub(u).mul(v.cfg));
+        if (!withUncond) return out;
+        const outs = out.chunk(ctx.length, 0);
+        const u = outs[0];
+        let guided = u;
+        for (let p = 0; p < parts; p++) guided = guided.add(outs[p + 1].sub(u).mul(v.cfg * cond.parts[p].weight));
+        return guided;
       }, {
         init,
         startIndex: start,
@@ -159,10 +198,11 @@ export function generate(model: StableDiffusion, o: GenerateOptions): GeneratedI
     }));
     // 4. decode
     const images = T.noGrad(() => T.tidy(() => tensorToImages(model.vae.decode(latents.div(model.vae.cfg.scalingFactor)))));
-    latents.dispose();
     const params = parametersText(model, o, v, seed);
-    return images.map((image) => ({ image, seed, parameters: params }));
+    if (!keepLatents) latents.dispose();
+    return { images: images.map((image) => ({ image, seed, parameters: params })), latents: keepLatents ? latents : undefined };
   } finally {
+    cond.dispose();
     scheduler.dispose();
   }
 }

@@ -7,6 +7,7 @@ import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, statSync, writ
 import { basename, extname, join } from "node:path";
 import * as T from '../torch/index.ts';
 import { saveSafetensors, SafetensorsFile } from '../formats/safetensors.ts';
+import { loadEmbeddingFile } from '../formats/embedding-file.ts';
 import { loadTorchFile, saveTorchFile } from '../formats/torchfile.ts';
 import * as L from '../formats/layouts/index.ts';
 import { clipTokenizerFiles } from '../text/vocab-files.ts';
@@ -285,20 +286,7 @@ function convertLora(input: string, output: string, kind: string, target: Target
 }
 
 function convertEmbedding(input: string, output: string, target: Target, o: ConvertOptions): [number, string[]] {
-  const stem = basename(input).replace(/\.[^.]+$/, '');
-  const emb = /\.safetensors$/i.test(input)
-    ? (() => {
-        const f = SafetensorsFile.open(input);
-        const sd = new Map<string, T.Tensor>();
-        for (const k of f.keys()) sd.set(k, f.get(k));
-        f.close();
-        try {
-          return L.embeddingFromStateDict(sd, { fileStem: stem });
-        } finally {
-          disposeAll(sd);
-        }
-      })()
-    : L.embeddingFromObject(loadTorchFile(input), { fileStem: stem });
+  const emb = loadEmbeddingFile(input);
   try {
     const dt = o.dtype ? DTYPES[o.dtype] : null;
     const castE = (m: Map<string, T.Tensor>) => castAll(m, o.dtype, o.onProgress);

@@ -3,6 +3,7 @@ import { engineDemo } from './demo.ts';
 import { parseArgs } from 'node:util';
 import { formatInspect, inspectPath } from './inspect.ts';
 import { convert, type DtypeName, type Target } from './convert.ts';
+import { GENERATE_USAGE, GenerateUsageError, describeGenerate, runGenerate } from './generate.ts';
 
 const USAGE = `usage: sdtune <command> [options]
 
@@ -13,6 +14,8 @@ commands:
   convert IN OUT [--to ldm|diffusers|kohya|peft|a1111-pt|safetensors] [--dtype fp16|bf16|fp32]
                  [--prune-ema | --use-ema] [--model CHECKPOINT]
                        checkpoints (single file <-> diffusers folder), LoRAs, embeddings
+  generate --model PATH --prompt TEXT --out FILE.png [options]
+                       txt2img / img2img (sdtune generate --help lists the options)
   help                 this text
 `;
 
@@ -58,6 +61,14 @@ export async function main(argv: string[]): Promise<number> {
       process.stdout.write(`wrote ${r.output} (${r.kind} → ${r.target}, ${r.tensors} tensors)${r.notes.length ? '; ' + r.notes.join('; ') : ''}\n`);
       return 0;
     }
+    case 'generate': {
+      if (rest.includes('--help') || rest.includes('-h')) {
+        process.stdout.write(GENERATE_USAGE + '\n');
+        return 0;
+      }
+      process.stdout.write(describeGenerate(runGenerate(rest)) + '\n');
+      return 0;
+    }
     case undefined:
     case 'help':
     case '--help':
@@ -76,7 +87,7 @@ if (isMain) {
     (code) => process.exit(code),
     (e: unknown) => {
       process.stderr.write(`sdtune: ${e instanceof Error ? e.message : String(e)}\n`);
-      process.exit(e instanceof UsageError ? 2 : 1);
+      process.exit(e instanceof UsageError || e instanceof GenerateUsageError ? 2 : 1);
     },
   );
 }

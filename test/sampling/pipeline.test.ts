@@ -18,7 +18,7 @@ import { PromptError } from '../../src/text/prompt.ts';
 import { frame } from '../../src/text/tokenizer.ts';
 import { tempDir } from '../helpers.ts';
 import { assertRel, fakeModel, ref, schedulersJson } from './fixtures.ts';
-import { writeTinyCheckpoint } from './tiny-sd.ts';
+import { writeTinyCheckpoint, writeTinySd2Folder } from './tiny-sd.ts';
 
 const RTOL_LOOP = 1e-4; // fixtures README: 20 compounded steps
 let tmp: ReturnType<typeof tempDir>;
@@ -180,4 +180,27 @@ test('bad input: sizes, steps, unknown network tags, and no tensors left behind'
   // A1111 keeps the prompt as written, tags and all, in the PNG info.
   const v = validateOptions(model, { prompt: 'p' });
   assert.match(parametersText(model, { prompt: '<lora:a:1> p', clipSkip: 2 }, v, 3), /^<lora:a:1> p\nSteps: 20, Sampler: Euler a, .*Clip skip: 2/);
+});
+
+test('SD2-style v-prediction folder: scheduler_config.json read as diffusers does, OpenCLIP padding, v-pred loop', () => {
+  const m2 = loadStableDiffusion(writeTinySd2Folder(tmp.dir));
+  try {
+    assert.equal(m2.family, 'sd2');
+    assert.equal(m2.prediction, 'v_prediction');
+    assert.equal(m2.padding, 'sd2');
+    // The euler v-prediction trajectory of the fixtures, through the whole pipeline.
+    const pattern = ref('trajectory.pattern');
+    const fake = fakeModel(pattern);
+    const r = generateWithLatents(withUnet(m2, (x, t) => fake(x, t)), { prompt: 'x', seed: 42, steps: 20, sampler: 'euler', cfg: 1, width: 64, height: 64 });
+    const want = ref('trajectory.euler_vpred.final');
+    assertRel(r.latents!, want, RTOL_LOOP, 'euler v-pred final latents');
+    for (const t of [want, pattern, r.latents!]) t.dispose();
+    // And the real model runs with every sampler.
+    for (const sampler of ['ddim', 'euler', 'euler_a', 'dpmpp_2m'] as const) {
+      const img = generate(m2, { prompt: 'a (green:1.1) field', seed: 2, steps: 3, sampler, width: 64, height: 64 })[0];
+      assert.equal(img.image.data.length, 64 * 64 * 3);
+    }
+  } finally {
+    m2.dispose();
+  }
 });

@@ -1,7 +1,7 @@
 // A tiny but complete Stable Diffusion for pipeline tests: the fixture UNet (sd1, cross-attention
 // 32) and VAE (four_level, factor 8), and a seeded random CLIP text encoder of width 32 with the
 // real 49408-token vocabulary, saved as one LDM single-file checkpoint that carries its configs.
-import { readFileSync } from 'node:fs';
+import { copyFileSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import * as T from '../../src/torch/index.ts';
 import { SafetensorsFile, saveSafetensors } from '../../src/formats/safetensors.ts';
@@ -38,4 +38,30 @@ export function writeTinyCheckpoint(dir: string, seed = 1234): string {
   for (const [k, t] of all) if (!k.startsWith('cond_stage_model.')) t.dispose();
   clip.dispose();
   return path;
+}
+
+/**
+ * A tiny SD2-style v-prediction model as a diffusers folder: the fixture sd2 UNet (linear
+ * projections, per-block heads), the four_level VAE, a random gelu text encoder of width 32, and
+ * a scheduler_config.json that names only what differs from the defaults (v_prediction).
+ */
+export function writeTinySd2Folder(dir: string, seed = 4321): string {
+  const root = join(dir, 'tiny-sd2');
+  const put = (sub: string, file: string, text: string) => {
+    mkdirSync(join(root, sub), { recursive: true });
+    writeFileSync(join(root, sub, file), text);
+  };
+  put('', 'model_index.json', JSON.stringify({ _class_name: 'StableDiffusionPipeline', _diffusers_version: '0.25.0' }));
+  put('unet', 'config.json', readFileSync(fixture('unet', 'sd2', 'config.json'), 'utf8'));
+  copyFileSync(fixture('unet', 'sd2', 'diffusion_pytorch_model.safetensors'), join(root, 'unet', 'diffusion_pytorch_model.safetensors'));
+  put('vae', 'config.json', readFileSync(fixture('vae', 'four_level', 'config.json'), 'utf8'));
+  copyFileSync(fixture('vae', 'four_level', 'diffusion_pytorch_model.safetensors'), join(root, 'vae', 'diffusion_pytorch_model.safetensors'));
+  const textCfg = { ...TINY_TEXT_CONFIG, hidden_act: 'gelu', bos_token_id: 49406, eos_token_id: 49407, pad_token_id: 0 };
+  put('text_encoder', 'config.json', JSON.stringify(textCfg));
+  T.manualSeed(seed);
+  const clip = new CLIPTextModel(T.nn.VarBuilder.init(), clipConfigFromTransformers(textCfg));
+  saveSafetensors(join(root, 'text_encoder', 'model.safetensors'), clip.stateDict(), { format: 'pt' });
+  clip.dispose();
+  put('scheduler', 'scheduler_config.json', JSON.stringify({ _class_name: 'DDIMScheduler', beta_schedule: 'scaled_linear', beta_start: 0.00085, beta_end: 0.012, steps_offset: 1, clip_sample: false, set_alpha_to_one: false, prediction_type: 'v_prediction' }));
+  return root;
 }

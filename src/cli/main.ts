@@ -2,6 +2,7 @@
 import { engineDemo } from './demo.ts';
 import { parseArgs } from 'node:util';
 import { formatInspect, inspectPath } from './inspect.ts';
+import { formatTokenize, tokenizePrompt } from './tokenize.ts';
 import { convert, type DtypeName, type Target } from './convert.ts';
 import { GENERATE_USAGE, GenerateUsageError, describeGenerate, runGenerate } from './generate.ts';
 
@@ -16,6 +17,8 @@ commands:
                        checkpoints (single file <-> diffusers folder), LoRAs, embeddings
   generate --model PATH --prompt TEXT --out FILE.png [options]
                        txt2img / img2img (sdtune generate --help lists the options)
+  tokenize TEXT [--json] [--sd2]
+                       CLIP token ids of TEXT (BOS/EOS, no padding) and A1111's count, e.g. 12/75
   help                 this text
 `;
 
@@ -27,6 +30,13 @@ export async function main(argv: string[]): Promise<number> {
     case 'demo':
       engineDemo({ steps: rest.includes('--quick') ? 30 : 200 });
       return 0;
+    case 'tokenize': {
+      const { values, positionals } = parseArgs({ args: rest, allowPositionals: true, options: { json: { type: 'boolean' }, sd2: { type: 'boolean' } } });
+      if (positionals.length === 0) throw new UsageError('tokenize needs TEXT (quote it; use -- before text that starts with -)');
+      const r = tokenizePrompt(positionals.join(' '), { sd2: values.sd2 });
+      process.stdout.write(values.json ? JSON.stringify(r) + '\n' : formatTokenize(r));
+      return 0;
+    }
     case 'inspect': {
       const path = rest.find((a) => !a.startsWith('--'));
       if (!path) throw new UsageError('inspect needs a PATH');

@@ -84,10 +84,10 @@ export interface ExtraNetworks {
 const EXTRA_NET_RE = new RegExp(`<(${W}+):([^>]+)>`, 'gu');
 
 /**
- * Cuts out `<kind:arg:arg…>` tags. Multipliers are read with Python's float() rules; a tag that
- * A1111 would fail on (no name, a weight that is not a number) raises PromptError.
+ * Cuts out `<kind:arg:arg…>` tags without reading their arguments (A1111 `extra_networks.parse_prompt`,
+ * which never fails: the token counter relies on that).
  */
-export function parseExtraNetworks(prompt: string): ExtraNetworks {
+export function cutExtraNetworks(prompt: string): { prompt: string; calls: ExtraNetworkCall[] } {
   const calls: ExtraNetworkCall[] = [];
   const stripped = prompt.replace(EXTRA_NET_RE, (_m, kind: string, args: string) => {
     const items = args.split(':');
@@ -101,6 +101,16 @@ export function parseExtraNetworks(prompt: string): ExtraNetworks {
     calls.push({ kind, items, positional, named });
     return '';
   });
+  return { prompt: stripped, calls };
+}
+
+/**
+ * Cuts out `<kind:arg:arg…>` tags and reads LoRA and hypernetwork arguments. Multipliers are read
+ * with Python's float() rules; a tag that A1111 would fail on when it activates the network (no
+ * name, a weight that is not a number) raises PromptError.
+ */
+export function parseExtraNetworks(prompt: string): ExtraNetworks {
+  const { prompt: stripped, calls } = cutExtraNetworks(prompt);
   const loras: LoraCall[] = [];
   const hypernets: HypernetCall[] = [];
   for (const call of calls) {
@@ -564,16 +574,11 @@ export interface TokenCountOptions {
 export function countTokens(text: string, opts: TokenCountOptions = {}): { tokens: number; limit: number } {
   const tokenizer = opts.tokenizer ?? ClipTokenizer.default();
   const steps = opts.steps ?? 20;
-  let texts: string[];
-  try {
-    // A1111 falls back to the raw text when any of these steps fails while the user is typing.
-    const stripped = parseExtraNetworks(text).prompt;
-    const flat = opts.negative ? [stripped] : splitAnd(stripped).map((p) => p.text);
-    texts = flat.flatMap((p) => promptSchedule(p, steps).map((s) => s.text));
-  } catch (e) {
-    if (!(e instanceof PromptError)) throw e;
-    texts = [text];
-  }
+  // A1111 wraps these steps in a try that falls back to the raw text; none of the ports below
+  // throws on any prompt (tag arguments are not read, unparseable editing syntax is kept verbatim).
+  const stripped = cutExtraNetworks(text).prompt;
+  const flat = opts.negative ? [stripped] : splitAnd(stripped).map((p) => p.text);
+  const texts = flat.flatMap((p) => promptSchedule(p, steps).map((s) => s.text));
   let tokens = 0;
   for (const t of texts) tokens = Math.max(tokens, chunkPrompt(tokenizer, t, { embeddings: opts.embeddings }).tokenCount);
   return { tokens, limit: Math.ceil(Math.max(tokens, 1) / CHUNK_LENGTH) * CHUNK_LENGTH };

@@ -12,6 +12,7 @@
 // See ftfy.ts for how closely the ftfy step is reproduced.
 import { readFileSync } from 'node:fs';
 import { gunzipSync } from 'node:zlib';
+import { fileURLToPath } from 'node:url';
 import { fixText, htmlUnescape, pyStrip } from './ftfy.ts';
 
 export const BOS = 49406;
@@ -131,8 +132,8 @@ export class ClipTokenizer {
     let tok = ClipTokenizer.defaults.get(normalization);
     if (tok === undefined) {
       if (ClipTokenizer.defaultTables === undefined) {
-        const url = new URL('./vocab/bpe_simple_vocab_16e6.txt.gz', import.meta.url);
-        ClipTokenizer.defaultTables = ClipTokenizer.fromBpeGz(readFileSync(url)).tables;
+        const path = fileURLToPath(new URL('./vocab/bpe_simple_vocab_16e6.txt.gz', import.meta.url));
+        ClipTokenizer.defaultTables = ClipTokenizer.fromBpeGz(path).tables;
       }
       tok = new ClipTokenizer(ClipTokenizer.defaultTables, normalization);
       ClipTokenizer.defaults.set(normalization, tok);
@@ -142,18 +143,20 @@ export class ClipTokenizer {
 
   /** openai's gzipped merges file (a path or its bytes); the vocabulary is derived as in §9.1. */
   static fromBpeGz(source: string | URL | Uint8Array, normalization: Normalization = 'hf'): ClipTokenizer {
-    const what = source instanceof Uint8Array ? 'the BPE vocabulary' : String(source);
+    const what = source instanceof Uint8Array ? 'the BPE vocabulary' : displayPath(source);
     let text: string;
     try {
       text = gunzipSync(source instanceof Uint8Array ? source : readFileSync(source)).toString('utf8');
     } catch (e) {
       throw new Error(`${what} is not a readable gzip file (${(e as Error).message}); expected openai's bpe_simple_vocab_16e6.txt.gz`);
     }
-    const lines = text.split('\n');
-    const merges = lines.slice(1, N_MERGES + 1).map((l, i) => splitMerge(l, i + 2, what));
-    if (merges.length !== N_MERGES) {
-      throw new Error(`${what} holds ${merges.length} merges; a CLIP vocabulary needs ${N_MERGES}`);
+    const lines = text.split('\n').slice(1, N_MERGES + 1);
+    // A truncated file ends early (often in an empty last line): say so, rather than blame a line.
+    while (lines.length > 0 && lines[lines.length - 1] === '') lines.pop();
+    if (lines.length !== N_MERGES) {
+      throw new Error(`${what} holds ${lines.length} merges; a CLIP vocabulary needs ${N_MERGES} (is the file truncated?)`);
     }
+    const merges = lines.map((l, i) => splitMerge(l, i + 2, what));
     const vocab: string[] = BYTES.order.map((b) => BYTES.byteToChar[b]);
     for (const b of BYTES.order) vocab.push(BYTES.byteToChar[b] + '</w>');
     for (const [l, r] of merges) vocab.push(l + r);
@@ -161,21 +164,51 @@ export class ClipTokenizer {
     return new ClipTokenizer(makeTables(new Map(vocab.map((t, i) => [t, i])), merges), normalization);
   }
 
-  /** Hugging Face's vocab.json + merges.txt (the same data, §9.1). */
+  /**
+   * Hugging Face's vocab.json + merges.txt (the same data, §9.1). The two files are checked against
+   * each other, so a truncated or mismatched pair fails here, naming the file, instead of giving
+   * wrong ids later.
+   */
   static fromVocabJson(vocabPath: string | URL, mergesPath: string | URL, normalization: Normalization = 'hf'): ClipTokenizer {
-    let vocab: Record<string, number>;
+    const vocabName = displayPath(vocabPath);
+    const mergesName = displayPath(mergesPath);
+    let vocab: unknown;
     try {
-      vocab = JSON.parse(readFileSync(vocabPath, 'utf8')) as Record<string, number>;
+      vocab = JSON.parse(readFileSync(vocabPath, 'utf8'));
     } catch (e) {
-      throw new Error(`${String(vocabPath)} is not a readable vocab.json (${(e as Error).message})`);
+      throw new Error(`${vocabName} is not a readable vocab.json (${(e as Error).message}); expected the tokenizer's token → id map`);
+    }
+    if (typeof vocab !== 'object' || vocab === null || Array.isArray(vocab)) {
+      throw new Error(`${vocabName} is not a CLIP vocab.json: expected a JSON object of token → id`);
+    }
+    const encoder = new Map<string, number>();
+    for (const [tok, id] of Object.entries(vocab)) {
+      if (!Number.isInteger(id) || (id as number) < 0) {
+        throw new Error(`${vocabName} is not a CLIP vocab.json: the id of ${JSON.stringify(tok)} is ${JSON.stringify(id)}, not a non-negative integer`);
+      }
+      encoder.set(tok, id as number);
+    }
+    for (const t of [START_TOKEN, END_TOKEN]) {
+      if (!encoder.has(t)) throw new Error(`${vocabName} has no ${t}; it is not a CLIP vocabulary`);
+    }
+    let text: string;
+    try {
+      text = readFileSync(mergesPath, 'utf8');
+    } catch (e) {
+      throw new Error(`${mergesName} is not a readable merges.txt (${(e as Error).message})`);
     }
     // As transformers does: skip the "#version" line and keep the first 48894 merges.
-    const lines = readFileSync(mergesPath, 'utf8').trim().split('\n').slice(1, N_MERGES + 1);
-    const merges = lines.map((l, i) => splitMerge(l, i + 2, String(mergesPath)));
-    const encoder = new Map(Object.entries(vocab));
-    for (const t of [START_TOKEN, END_TOKEN]) {
-      if (!encoder.has(t)) throw new Error(`${String(vocabPath)} has no ${t}; it is not a CLIP vocabulary`);
+    const lines = text.trim().split('\n').slice(1, N_MERGES + 1);
+    if (lines.length !== N_MERGES) {
+      throw new Error(`${mergesName} holds ${lines.length} merges; a CLIP merges.txt has ${N_MERGES} (is the file truncated?)`);
     }
+    const merges = lines.map((l, i) => splitMerge(l, i + 2, mergesName));
+    // Every merge result must be a token, or encode() would meet a symbol it cannot map.
+    merges.forEach(([l, r], i) => {
+      if (!encoder.has(l + r)) {
+        throw new Error(`${mergesName}, line ${i + 2}: the merge "${l} ${r}" makes "${l + r}", which ${vocabName} lacks; the two files do not belong together`);
+      }
+    });
     return new ClipTokenizer(makeTables(encoder, merges), normalization);
   }
 
@@ -324,6 +357,11 @@ export class ClipTokenizer {
     cache.set(piece, word);
     return word;
   }
+}
+
+/** A path for a message: file URLs as paths. */
+function displayPath(p: string | URL): string {
+  return p instanceof URL && p.protocol === 'file:' ? fileURLToPath(p) : String(p);
 }
 
 function splitMerge(line: string, lineNo: number, file: string): [string, string] {

@@ -3,6 +3,7 @@
 // complete diffusers folder (tokenizer/) from the vocabulary it ships.
 import { readFileSync } from 'node:fs';
 import { gunzipSync } from 'node:zlib';
+import { fileURLToPath } from 'node:url';
 
 /** GPT-2's reversible byte → printable character map, in its canonical order. */
 export function bytesToUnicode(): Map<number, string> {
@@ -23,7 +24,13 @@ export function bytesToUnicode(): Map<number, string> {
 
 /** vocab.json (token → id, in id order) and merges.txt text for the shipped vocabulary. */
 export function clipTokenizerFiles(bpeGz: string | URL = new URL('./vocab/bpe_simple_vocab_16e6.txt.gz', import.meta.url)): { vocabJson: string; mergesTxt: string } {
-  const lines = gunzipSync(readFileSync(bpeGz)).toString('utf8').split('\n');
+  let lines: string[];
+  try {
+    lines = gunzipSync(readFileSync(bpeGz)).toString('utf8').split('\n');
+  } catch (e) {
+    const name = bpeGz instanceof URL && bpeGz.protocol === 'file:' ? fileURLToPath(bpeGz) : String(bpeGz);
+    throw new Error(`${name} is not a readable gzip file (${(e as Error).message}); expected openai's bpe_simple_vocab_16e6.txt.gz`);
+  }
   // SimpleTokenizer: merges = lines[1 : 49152-256-2+1]
   const merges = lines.slice(1, 49152 - 256 - 2 + 1);
   const base = [...bytesToUnicode().values()];

@@ -95,3 +95,22 @@ test('prompt and negative of different lengths are padded with the empty prompt,
     }
   }));
 });
+
+test('the gradient reaching a textual-inversion vector equals transformers\' (fixture new_row_grad)', () => {
+  const ti = SafetensorsFile.open(fixture('training', 'textual_inversion.safetensors'));
+  const meta = JSON.parse(readFileSync(fixture('training', 'meta.json'), 'utf8')).textual_inversion;
+  const vec = T.keep(ti.get('new_row_init').reshape(1, -1).clone()).requiresGrad_(true);
+  const lossValue = T.tidy(() => {
+    const z = encodeText(m, meta.prompt, { embeddings: new Map([['<cat-toy>', vec]]) });
+    const loss = T.mseLoss(z, ti.get('target'));
+    loss.backward();
+    return loss.item();
+  });
+  assert.ok(Math.abs(lossValue - meta.loss) <= 1e-5 * meta.loss, `loss ${lossValue} vs ${meta.loss}`);
+  const g = vec.grad!;
+  const e = assertClose(g.reshape(-1).toArray(), ti.get('new_row_grad').toArray(), 1e-6, 'TI gradient');
+  console.log(`# textual inversion gradient: max abs error ${e.toExponential(2)}`);
+  g.dispose();
+  vec.dispose();
+  ti.close();
+});

@@ -2,11 +2,13 @@
 // Pick some with `npm run bench -- engine formats`.
 import { benchEngine } from './engine.ts';
 import { benchFormats } from './formats.ts';
+import { benchSd } from './sd.ts';
 import type { BenchLine } from './common.ts';
 
 const suites: Record<string, () => BenchLine[] | Promise<BenchLine[]>> = {
   engine: benchEngine,
   formats: benchFormats,
+  sd: benchSd,
 };
 
 const wanted = process.argv.slice(2).filter((a) => !a.startsWith('-'));

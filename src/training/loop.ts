@@ -9,7 +9,8 @@
 // Every random draw comes from one generator whose state is checkpointed with the weights, the
 // optimizer and the step; the data order is a function of (seed, epoch); so a resumed run is
 // bit-identical to an uninterrupted one on CPU.
-import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync, appendFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, appendFileSync } from 'node:fs';
+import { writeFileAtomic } from '../formats/atomic.ts';
 import { join } from 'node:path';
 import * as T from '../torch/index.ts';
 import { SafetensorsFile, saveSafetensors } from '../formats/safetensors.ts';
@@ -321,13 +322,13 @@ export class Trainer {
     const m = this.technique.model;
     const g = new T.Generator((this.o.seed ?? 0) + 104729);
     const side = m.unet.cfg.sampleSize;
-    T.noGrad(() => {
+    T.noGrad(() => T.tidy(() => {
       for (const p of prompts) {
         const ctx = T.keep(encodeChunks(m, promptChunks(m, p)));
         const x = T.keep(T.randn([VAL_TIMESTEPS.length, m.unet.cfg.inChannels, side, side], { generator: g }).to(m.device));
         this.priorInputs.push({ x, t: VAL_TIMESTEPS, ctx });
       }
-    });
+    }));
   }
 
   private priorPreds(): T.Tensor[] {
@@ -488,13 +489,21 @@ export class Trainer {
       // The log keeps what happened up to the checkpoint (rewritten atomically).
       if (existsSync(logPath)) {
         const kept = readFileSync(logPath, 'utf8').split('\n').filter((l) => l && (JSON.parse(l) as StepRecord).step <= this.step);
-        writeFileSync(logPath + '.tmp', kept.map((l) => l + '\n').join(''));
-        renameSync(logPath + '.tmp', logPath);
+        writeFileAtomic(logPath, kept.map((l) => l + '\n').join(''));
         for (const l of kept) records.push(JSON.parse(l) as StepRecord);
       }
     } else {
       if (existsSync(logPath)) rmSync(logPath);
-      if (this.priorInputs.length) this.basePriorPreds = this.priorPreds().map((t) => T.keep(t));
+      if (this.priorInputs.length) {
+        // The base model's predictions: adapters switched off where the technique can (a fresh
+        // hypernetwork is near, not at, the identity); full fine-tuning has not moved yet.
+        this.technique.bypass?.(true);
+        try {
+          this.basePriorPreds = this.priorPreds().map((t) => T.keep(t));
+        } finally {
+          this.technique.bypass?.(false);
+        }
+      }
     }
     if (this.step >= o.steps) {
       return this.finish('done', t0, records, `already trained to step ${this.step}`);

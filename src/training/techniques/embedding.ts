@@ -73,7 +73,7 @@ export class EmbeddingTechnique implements Technique {
 
   save(path: string, info: SaveInfo): void {
     const e = this.toEmbedding(info);
-    const detached = T.noGrad(() => this.vec.detach().cpu().contiguous());
+    const detached = T.noGrad(() => T.tidy(() => this.vec.detach().cpu().contiguous().clone()));
     try {
       const plain: Embedding = { ...e, vectors: { te: detached } };
       if (/\.(pt|bin)$/i.test(path)) {

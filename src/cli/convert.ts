@@ -37,9 +37,10 @@ export interface ConvertResult {
   notes: string[];
 }
 
-const DTYPES: Record<DtypeName, T.DType> = { fp16: 'float16', bf16: 'bfloat16', fp32: 'float32' };
+export const DTYPES: Record<DtypeName, T.DType> = { fp16: 'float16', bf16: 'bfloat16', fp32: 'float32' };
 
-function castAll(sd: Map<string, T.Tensor>, dtype: DtypeName | undefined, progress?: (d: number, t: number) => void): Map<string, T.Tensor> {
+/** New handles of every tensor, floating ones cast to `dtype` (the caller disposes them). */
+export function castAll(sd: Map<string, T.Tensor>, dtype: DtypeName | undefined, progress?: (d: number, t: number) => void): Map<string, T.Tensor> {
   const out = new Map<string, T.Tensor>();
   let i = 0;
   for (const [k, t] of sd) {
@@ -50,7 +51,7 @@ function castAll(sd: Map<string, T.Tensor>, dtype: DtypeName | undefined, progre
   return out;
 }
 
-function disposeAll(...maps: (Map<string, T.Tensor> | undefined)[]): void {
+export function disposeAll(...maps: (Map<string, T.Tensor> | undefined)[]): void {
   for (const m of maps) if (m) for (const t of m.values()) t.dispose();
 }
 

@@ -6,7 +6,7 @@ import { type Tensor, tidy, nn } from '../torch/index.ts';
 import type { ClipTextConfig } from './config.ts';
 import type { ModelOptions } from './attention.ts';
 
-class ClipAttention extends nn.Module {
+export class ClipAttention extends nn.Module {
   readonly headDim: number;
   constructor(vb: nn.VarBuilder, readonly dim: number, readonly heads: number, readonly opts: ModelOptions) {
     super();
@@ -27,7 +27,7 @@ class ClipAttention extends nn.Module {
   }
 }
 
-class ClipMlp extends nn.Module {
+export class ClipMlp extends nn.Module {
   constructor(vb: nn.VarBuilder, dim: number, inner: number, readonly act: ClipTextConfig['act']) {
     super();
     this.child(vb, 'fc1', (v) => new nn.Linear(v, dim, inner));

@@ -41,6 +41,8 @@ export interface TrainData {
   batch(epoch: number, index: number): TrainBatch;
   /** Held-out images for the validation loss (fixed noise and timesteps). */
   validation?: () => TrainBatch[];
+  /** Called before the first batch of each epoch (decoding images is asynchronous). */
+  prepare?: (epoch: number) => Promise<void>;
 }
 
 export interface TrainOptions {
@@ -476,7 +478,7 @@ export class Trainer {
 
   // ---- the loop ---------------------------------------------------------------------------------
 
-  run(): TrainResult {
+  async run(): Promise<TrainResult> {
     const o = this.o;
     const t0 = Date.now();
     mkdirSync(o.workDir, { recursive: true });
@@ -511,6 +513,7 @@ export class Trainer {
     const accum = o.gradAccumulation ?? 1;
     const perEpoch = this.data.batchesPerEpoch;
     let lastLoss = NaN;
+    let prepared = -1;
     this.technique.model.unet.train();
     while (this.step < o.steps) {
       if (o.shouldStop?.()) {
@@ -525,6 +528,10 @@ export class Trainer {
       for (let k = 0; k < accum; k++) {
         const micro = this.step * accum + k;
         epoch = Math.floor(micro / perEpoch);
+        if (epoch !== prepared) {
+          await this.data.prepare?.(epoch);
+          prepared = epoch;
+        }
         const b = this.data.batch(epoch, micro % perEpoch);
         try {
           const l = T.tidy(() => {

@@ -44,7 +44,7 @@ function fresh(): StableDiffusion {
   return loadStableDiffusion(ckpt, { hash: false });
 }
 
-test('textual inversion: the held-out loss falls, the .safetensors and .pt products re-load', () => {
+test('textual inversion: the held-out loss falls, the .safetensors and .pt products re-load', async () => {
   const live = T.memoryStats().live;
   const model = fresh();
   const tech = new EmbeddingTechnique(model, { name: 'sksheart', vectors: 2, initText: 'heart', lr: 0.05 });
@@ -52,7 +52,7 @@ test('textual inversion: the held-out loss falls, the .safetensors and .pt produ
   const out = join(tmp.dir, 'ti', 'sksheart.safetensors');
   const trainer = new Trainer(tech, pictures(['a photo of sksheart', 'sksheart on a plain ground']), { steps: 40, seed: 3, workDir: join(tmp.dir, 'ti-work'), out, validateEvery: 40, priorPrompts: ['a photo of a heart'] });
   const before = trainer.validationLoss()!;
-  const r = trainer.run();
+  const r = await trainer.run();
   const afterLoss = trainer.validationLoss()!;
   console.log(`# TI: validation loss ${before.toFixed(4)} → ${afterLoss.toFixed(4)} in ${r.seconds.toFixed(1)} s`);
   assert.equal(r.status, 'done');
@@ -90,13 +90,13 @@ test('textual inversion: the held-out loss falls, the .safetensors and .pt produ
   assert.equal(T.memoryStats().live - live, 0, 'no tensors left behind');
 });
 
-test('an interrupted and resumed run ends bit-identical to an uninterrupted one', () => {
-  const run = (work: string, stopAt?: number) => {
+test('an interrupted and resumed run ends bit-identical to an uninterrupted one', async () => {
+  const run = async (work: string, stopAt?: number) => {
     const model = fresh();
     const tech = new EmbeddingTechnique(model, { name: 'sksheart', lr: 0.02 });
     const o = { steps: 8, seed: 11, workDir: join(tmp.dir, work), out: join(tmp.dir, work, 'e.safetensors'), checkpointEvery: 2, noiseOffset: 0.05, minSnrGamma: 5, gradAccumulation: 2, lrSchedule: 'cosine', warmupSteps: 2 };
     let t: Trainer = new Trainer(tech, pictures(['sksheart one', 'sksheart two', 'three sksheart']), { ...o, shouldStop: stopAt ? (): boolean => t.step === stopAt : undefined });
-    let r = t.run();
+    let r = await t.run();
     if (stopAt) {
       assert.equal(r.status, 'stopped');
       assert.match(r.message, /stopped at step 5; checkpoint .*step-000005\.safetensors; run again with --resume/);
@@ -107,7 +107,7 @@ test('an interrupted and resumed run ends bit-identical to an uninterrupted one'
       const model2 = fresh();
       const tech2 = new EmbeddingTechnique(model2, { name: 'sksheart', lr: 0.02 });
       t = new Trainer(tech2, pictures(['sksheart one', 'sksheart two', 'three sksheart']), { ...o, resume: true });
-      r = t.run();
+      r = await t.run();
       const v = tech2.vec.toArray();
       t.dispose();
       tech2.dispose();
@@ -120,20 +120,20 @@ test('an interrupted and resumed run ends bit-identical to an uninterrupted one'
     model.dispose();
     return { v, r };
   };
-  const a = run('straight');
-  const b = run('interrupted', 5);
+  const a = await run('straight');
+  const b = await run('interrupted', 5);
   assert.equal(b.r.status, 'done');
   assert.deepEqual(b.v, a.v, 'the trained vectors are bit-identical');
   assert.deepEqual(b.r.records.map((x) => x.loss), a.r.records.map((x) => x.loss), 'every step loss is identical');
 });
 
-test('DreamBooth with prior preservation: the whole model is saved and re-loads; the prior meter moves', () => {
+test('DreamBooth with prior preservation: the whole model is saved and re-loads; the prior meter moves', async () => {
   const model = fresh();
   const tech = new DreamBoothTechnique(model, { token: 'sks', lr: 1e-3 });
   const out = join(tmp.dir, 'db.safetensors');
   const data = pictures(['a sks square', 'a square'], { weights: [1, 0.5] });
   const trainer = new Trainer(tech, data, { steps: 6, seed: 5, workDir: join(tmp.dir, 'db-work'), out, validateEvery: 3, priorPrompts: ['a square'], emaDecay: 0.9 });
-  const r = trainer.run();
+  const r = await trainer.run();
   assert.equal(r.status, 'done');
   assert.equal(r.trainableParameters, model.unet.numParameters());
   const drift = r.records.at(-1)!.prior_drift!;
@@ -155,12 +155,12 @@ test('DreamBooth with prior preservation: the whole model is saved and re-loads;
   model.dispose();
 });
 
-test('a NaN loss stops the run and keeps the last good checkpoint', () => {
+test('a NaN loss stops the run and keeps the last good checkpoint', async () => {
   const model = fresh();
   const tech = new EmbeddingTechnique(model, { name: 'sksheart' });
   const work = join(tmp.dir, 'nan-work');
   const trainer = new Trainer(tech, pictures(['sksheart a', 'sksheart b'], { nan: true }), { steps: 10, seed: 1, workDir: work, out: join(work, 'e.safetensors'), checkpointEvery: 1 });
-  const r = trainer.run();
+  const r = await trainer.run();
   assert.equal(r.status, 'diverged');
   assert.match(r.message, /the loss became NaN at step 2: training stopped; the last good checkpoint is .*step-000001\.safetensors\. Lower the learning rate/);
   assert.equal(r.out, null);
@@ -170,14 +170,14 @@ test('a NaN loss stops the run and keeps the last good checkpoint', () => {
   model.dispose();
 });
 
-test('hypernetwork: trained on the frozen UNet, saved as A1111 .pt, re-loaded with its step and values', () => {
+test('hypernetwork: trained on the frozen UNet, saved as A1111 .pt, re-loaded with its step and values', async () => {
   const model = fresh();
   const unetBefore = T.tidy(() => model.unet.stateDict().get('conv_in.weight')!.clone());
   const tech = new HypernetworkTechnique(model, { name: 'outline', layerStructure: [1, 2, 1], lr: 1e-3 });
   assert.deepEqual(tech.net.sizes, [32, 16], 'every context width of the tiny UNet: text 32, blocks 16 and 32');
   const out = join(tmp.dir, 'outline.pt');
   const trainer = new Trainer(tech, pictures(['a photo of a square', 'a square']), { steps: 8, seed: 2, workDir: join(tmp.dir, 'hn-work'), out, validateEvery: 8, priorPrompts: ['a square'] });
-  const r = trainer.run();
+  const r = await trainer.run();
   assert.equal(r.status, 'done');
   assert.ok(r.records.at(-1)!.prior_drift! > 0, 'the hypernetwork moved the predictions');
   const back = Hypernetwork.fromFile(out);

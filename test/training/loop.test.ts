@@ -15,6 +15,9 @@ import { EmbeddingTechnique } from '../../src/training/techniques/embedding.ts';
 import { DreamBoothTechnique } from '../../src/training/techniques/dreambooth.ts';
 import { HypernetworkTechnique } from '../../src/training/techniques/hypernetwork.ts';
 import { Hypernetwork } from '../../src/adapters/hypernetwork.ts';
+import { LoraTechnique } from '../../src/training/techniques/lora.ts';
+import { applyLoraFiles, disposeLoraFile, loadLoraFile } from '../../src/adapters/lora.ts';
+import { generate } from '../../src/sampling/pipeline.ts';
 import { tempDir } from '../helpers.ts';
 import { writeTinyCheckpoint } from '../sampling/tiny-sd.ts';
 
@@ -192,5 +195,40 @@ test('hypernetwork: trained on the frozen UNet, saved as A1111 .pt, re-loaded wi
   tech.dispose();
   T.tidy(() => assert.equal(model.unet.stateDict().get('conv_in.weight')!.sub(unetBefore).abs().max().item(), 0, 'the UNet stays frozen'));
   unetBefore.dispose();
+  model.dispose();
+});
+
+test('LoRA: trained, saved as kohya with ss_*/modelspec metadata, re-loaded and applied at a weight', async () => {
+  const model = fresh();
+  const tech = new LoraTechnique(model, { rank: 4, alpha: 4, lr: 1e-2, saveDtype: 'fp32' });
+  const out = join(tmp.dir, 'style.safetensors');
+  const trainer = new Trainer(tech, pictures(['a square in the style', 'a plain square in the style']), { steps: 30, seed: 4, workDir: join(tmp.dir, 'lora-work'), out, validateEvery: 30, priorPrompts: ['a square'] });
+  const before = trainer.validationLoss()!;
+  const r = await trainer.run();
+  const afterLoss = trainer.validationLoss()!;
+  console.log(`# LoRA: validation loss ${before.toFixed(4)} → ${afterLoss.toFixed(4)}, ${r.trainableParameters} parameters, ${r.seconds.toFixed(1)} s`);
+  assert.ok(afterLoss < before, `validation loss should fall: ${before} → ${afterLoss}`);
+  assert.ok(r.records.at(-1)!.prior_drift! > 0);
+  trainer.dispose();
+  tech.dispose();
+  // The file: kohya names with alpha, the metadata A1111 reads.
+  const f = SafetensorsFile.open(out);
+  assert.equal(f.keys().filter((k) => k.endsWith('.alpha')).length, 6 * 12 + 3 * 6, '12 modules in each of the 6 transformers, 6 in each of the 3 text-encoder layers');
+  assert.equal(f.metadata.ss_network_dim, '4');
+  assert.equal(f.metadata.ss_base_model_version, 'sd_v1');
+  assert.equal(f.metadata['modelspec.architecture'], 'stable-diffusion-v1/lora');
+  assert.match(f.metadata.sshs_model_hash, /^[0-9a-f]{64}$/);
+  f.close();
+  // Applied at generation: weight 0 is the base image exactly; weight 1 changes it.
+  const lora = loadLoraFile(out, model);
+  const o = { prompt: 'a square in the style', seed: 9, steps: 4, width: 64, height: 64 };
+  const base = generate(model, o)[0].image.data;
+  const applied = applyLoraFiles(model, [{ lora, unet: 0, te: 0 }]);
+  assert.deepEqual(generate(model, o)[0].image.data, base, 'weight 0 gives the base image');
+  applied.setWeights(0, 1, 1);
+  assert.notDeepEqual(generate(model, o)[0].image.data, base, 'weight 1 changes it');
+  applied.remove();
+  disposeLoraFile(lora);
+  assert.deepEqual(generate(model, o)[0].image.data, base, 'removed: the base again');
   model.dispose();
 });

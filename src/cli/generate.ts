@@ -12,13 +12,20 @@ import { loadStableDiffusion, type StableDiffusion } from '../models/load.ts';
 import { generate, type GenerateOptions } from '../sampling/pipeline.ts';
 import { SCHEDULER_NAMES, type SchedulerName } from '../sampling/schedulers.ts';
 import { ProgressBar } from './progress.ts';
+import { parseLoraArg } from './merge.ts';
+import { parseExtraNetworks } from '../text/prompt.ts';
+import { applyLoraFiles, disposeLoraFile, loadLoraFile, type AppliedLoras, type LoadedLora } from '../adapters/lora.ts';
+import { Hypernetwork, applyHypernetworks, type HypernetworkHandle } from '../adapters/hypernetwork.ts';
 
 export class GenerateUsageError extends Error {}
 
 export const GENERATE_USAGE = `sdtune generate --model PATH --prompt TEXT --out FILE.png
   [--negative TEXT] [--seed N] [--steps N] [--sampler ${SCHEDULER_NAMES.join('|')}] [--karras]
   [--cfg X] [--width W --height H] [--batch N] [--clip-skip N]
-  [--init IMAGE.png --strength S] [--embedding FILE]... [--embeddings-dir DIR] [--device cpu|cuda]`;
+  [--init IMAGE.png --strength S] [--embedding FILE]... [--embeddings-dir DIR]
+  [--lora FILE[:W[:TE_W]]]... [--lora-dir DIR] [--hypernetwork FILE[:W]]... [--hypernetwork-dir DIR]
+  [--device cpu|cuda]
+  In the prompt, <lora:NAME:W> and <hypernet:NAME:W> are looked up in --lora-dir / --hypernetwork-dir.`;
 
 const EMBEDDING_FILE = /\.(pt|bin|safetensors)$/i;
 
@@ -62,32 +69,44 @@ function loadEmbeddings(model: StableDiffusion, files: string[], dir: string | u
   return out;
 }
 
+function parseGenerateArgs(args: string[]) {
+  try {
+    return parseArgs({
+      args,
+      allowPositionals: false,
+      options: {
+        model: { type: 'string' },
+        prompt: { type: 'string' },
+        negative: { type: 'string' },
+        seed: { type: 'string' },
+        steps: { type: 'string' },
+        sampler: { type: 'string' },
+        karras: { type: 'boolean' },
+        cfg: { type: 'string' },
+        width: { type: 'string' },
+        height: { type: 'string' },
+        batch: { type: 'string' },
+        'clip-skip': { type: 'string' },
+        init: { type: 'string' },
+        strength: { type: 'string' },
+        embedding: { type: 'string', multiple: true },
+        lora: { type: 'string', multiple: true },
+        'lora-dir': { type: 'string' },
+        hypernetwork: { type: 'string', multiple: true },
+        'hypernetwork-dir': { type: 'string' },
+        'embeddings-dir': { type: 'string' },
+        device: { type: 'string' },
+        out: { type: 'string' },
+        quiet: { type: 'boolean' },
+      },
+    });
+  } catch (e) {
+    throw new GenerateUsageError(`${(e as Error).message.split('\n')[0]} (sdtune generate --help lists the options)`);
+  }
+}
+
 export function runGenerate(args: string[]): GenerateCliResult {
-  const { values } = parseArgs({
-    args,
-    allowPositionals: false,
-    options: {
-      model: { type: 'string' },
-      prompt: { type: 'string' },
-      negative: { type: 'string' },
-      seed: { type: 'string' },
-      steps: { type: 'string' },
-      sampler: { type: 'string' },
-      karras: { type: 'boolean' },
-      cfg: { type: 'string' },
-      width: { type: 'string' },
-      height: { type: 'string' },
-      batch: { type: 'string' },
-      'clip-skip': { type: 'string' },
-      init: { type: 'string' },
-      strength: { type: 'string' },
-      embedding: { type: 'string', multiple: true },
-      'embeddings-dir': { type: 'string' },
-      device: { type: 'string' },
-      out: { type: 'string' },
-      quiet: { type: 'boolean' },
-    },
-  });
+  const { values } = parseGenerateArgs(args);
   if (!values.model) throw new GenerateUsageError('generate needs --model (a .safetensors/.ckpt checkpoint or a diffusers folder)');
   if (values.prompt === undefined) throw new GenerateUsageError('generate needs --prompt');
   if (!values.out) throw new GenerateUsageError('generate needs --out FILE.png');
@@ -120,21 +139,74 @@ export function runGenerate(args: string[]): GenerateCliResult {
     strength: number('strength', values.strength, false),
   };
 
+  // Tags in the prompt are checked (and their files found) before the model loads.
+  const tags = parseExtraNetworks(o.prompt);
+  const loraSpecs = (values.lora ?? []).map(parseLoraArg);
+  for (const l of tags.loras) loraSpecs.push({ file: findNetwork('lora', l.name, values['lora-dir'], LORA_FILE), unet: l.unet, te: l.te });
+  const hyperSpecs = (values.hypernetwork ?? []).map((a) => {
+    const m = /^(.*?)(?::([-+]?\d*\.?\d+(?:e[-+]?\d+)?))?$/i.exec(a)!;
+    return { file: m[1], strength: m[2] === undefined ? 1 : Number(m[2]) };
+  });
+  for (const h of tags.hypernets) hyperSpecs.push({ file: findNetwork('hypernet', h.name, values['hypernetwork-dir'], /\.pt$/i), strength: h.multiplier });
+  for (const f of [...loraSpecs, ...hyperSpecs].map((x) => x.file)) if (!existsSync(f)) throw new GenerateUsageError(`${f}: no such file`);
+
   const t0 = Date.now();
   const model = loadStableDiffusion(values.model, { device: values.device ?? 'cpu' });
   let embeddings: Map<string, T.Tensor> | undefined;
+  const loras: LoadedLora[] = [];
+  const hypers: Hypernetwork[] = [];
+  let applied: AppliedLoras | null = null;
+  let hyperHandle: HypernetworkHandle | null = null;
   try {
     embeddings = loadEmbeddings(model, values.embedding ?? [], values['embeddings-dir']);
+    for (const l of loraSpecs) loras.push(loadLoraFile(l.file, model));
+    if (loras.length) applied = applyLoraFiles(model, loras.map((lora, i) => ({ lora, unet: loraSpecs[i].unet, te: loraSpecs[i].te })));
+    for (const h of hyperSpecs) hypers.push(Hypernetwork.fromFile(h.file, { device: model.device }));
+    if (hypers.length) hyperHandle = applyHypernetworks(model.unet, hypers.map((net, i) => ({ net, strength: hyperSpecs[i].strength })));
+    const used: Record<string, string> = {};
+    if (loraSpecs.length) used.LoRA = loraSpecs.map((l) => `${stemOf(l.file)}: ${l.unet}`).join(', ');
+    if (hyperSpecs.length) used.Hypernet = hyperSpecs.map((h) => `${stemOf(h.file)}: ${h.strength}`).join(', ');
     const bar = values.quiet ? null : new ProgressBar('sampling');
-    const images = generate(model, { ...o, embeddings, onStep: (s, n) => bar?.update(s, n) });
+    const images = generate(model, { ...o, embeddings, extraParameters: used, onExtraNetworks: () => {}, onStep: (s, n) => bar?.update(s, n) });
     const stem = values.out.slice(0, -extname(values.out).length);
     const files = images.map((_img, i) => (images.length === 1 ? values.out! : `${stem}-${i + 1}.png`));
     images.forEach((img, i) => writePng(files[i], img.image, { parameters: img.parameters }));
     return { files, seed: images[0].seed, seconds: (Date.now() - t0) / 1000 };
   } finally {
+    hyperHandle?.remove();
+    for (const h of hypers) h.dispose();
+    applied?.remove();
+    for (const l of loras) disposeLoraFile(l);
     for (const t of embeddings?.values() ?? []) t.dispose();
     model.dispose();
   }
+}
+
+const LORA_FILE = /\.(safetensors|pt|ckpt|bin)$/i;
+
+function stemOf(file: string): string {
+  return file.replace(/^.*[\\/]/, '').replace(/\.[^.]+$/, '');
+}
+
+/** A1111's lookup of <lora:NAME> / <hypernet:NAME>: a file of that stem in the folder (or below). */
+function findNetwork(kind: 'lora' | 'hypernet', name: string, dir: string | undefined, ext: RegExp): string {
+  const flag = kind === 'lora' ? '--lora-dir' : '--hypernetwork-dir';
+  if (dir === undefined) throw new GenerateUsageError(`the prompt names <${kind}:${name}> but no ${flag} was given to find it in`);
+  if (!existsSync(dir) || !statSync(dir).isDirectory()) throw new GenerateUsageError(`${flag} ${dir}: no such folder`);
+  const walk = (d: string): string | null => {
+    for (const e of readdirSync(d, { withFileTypes: true }).sort((a, b) => a.name.localeCompare(b.name))) {
+      const p = join(d, e.name);
+      if (e.isFile() && ext.test(e.name) && stemOf(e.name) === name) return p;
+      if (e.isDirectory() && !e.name.startsWith('.')) {
+        const hit = walk(p);
+        if (hit) return hit;
+      }
+    }
+    return null;
+  };
+  const hit = walk(dir);
+  if (!hit) throw new GenerateUsageError(`the prompt names <${kind}:${name}> but ${dir} has no ${name} file (${kind === 'lora' ? '.safetensors, .pt' : '.pt'})`);
+  return hit;
 }
 
 export function describeGenerate(r: GenerateCliResult): string {

@@ -5,6 +5,8 @@ import { formatInspect, inspectPath } from './inspect.ts';
 import { formatTokenize, tokenizePrompt } from './tokenize.ts';
 import { convert, type DtypeName, type Target } from './convert.ts';
 import { GENERATE_USAGE, GenerateUsageError, describeGenerate, runGenerate } from './generate.ts';
+import { MERGE_USAGE, MergeUsageError, describeMerge, runMerge } from './merge.ts';
+import { TrainUsageError, runTrain } from './train.ts';
 
 const USAGE = `usage: sdtune <command> [options]
 
@@ -19,6 +21,10 @@ commands:
                        txt2img / img2img (sdtune generate --help lists the options)
   tokenize TEXT [--json] [--sd2]
                        CLIP token ids of TEXT (BOS/EOS, no padding) and A1111's count, e.g. 12/75
+  train dreambooth|lora|embedding|hypernetwork --model PATH --data DIR --out FILE [options]
+                       fine-tune (--dry-run shows the step count first; --help lists the options)
+  merge --model CKPT --lora FILE:W [--lora …] --out OUT.safetensors
+                       bake LoRAs into a checkpoint
   help                 this text
 `;
 
@@ -79,6 +85,17 @@ export async function main(argv: string[]): Promise<number> {
       process.stdout.write(describeGenerate(runGenerate(rest)) + '\n');
       return 0;
     }
+    case 'train':
+      await runTrain(rest);
+      return 0;
+    case 'merge': {
+      if (rest.includes('--help') || rest.includes('-h')) {
+        process.stdout.write(MERGE_USAGE + '\n');
+        return 0;
+      }
+      process.stdout.write(describeMerge(runMerge(rest)) + '\n');
+      return 0;
+    }
     case undefined:
     case 'help':
     case '--help':
@@ -97,7 +114,7 @@ if (isMain) {
     (code) => process.exit(code),
     (e: unknown) => {
       process.stderr.write(`sdtune: ${e instanceof Error ? e.message : String(e)}\n`);
-      process.exit(e instanceof UsageError || e instanceof GenerateUsageError ? 2 : 1);
+      process.exit(e instanceof UsageError || e instanceof GenerateUsageError || e instanceof MergeUsageError || e instanceof TrainUsageError ? 2 : 1);
     },
   );
 }

@@ -7,7 +7,7 @@ import type { StableDiffusion } from '../models/load.ts';
 import type { RgbImage } from '../formats/png.ts';
 import { makeScheduler, sampleLoop, type SchedulerName } from './schedulers.ts';
 import { Conditioning, PromptError, type PromptEmbeddings } from './conditioning.ts';
-import type { ExtraNetworks } from '../text/prompt.ts';
+import { parseExtraNetworks, type ExtraNetworks } from '../text/prompt.ts';
 
 export interface GenerateOptions {
   prompt: string;
@@ -115,7 +115,8 @@ export function parametersText(model: StableDiffusion, o: GenerateOptions, v: Re
   fields.push(['Model', model.name]);
   if (o.init) fields.push(['Denoising strength', o.strength ?? 0.75]);
   if ((o.clipSkip ?? 1) > 1) fields.push(['Clip skip', o.clipSkip!]);
-  for (const [k, x] of Object.entries(o.extraParameters ?? {})) fields.push([k, x]);
+  // A1111's quote(): values holding a comma, colon or newline are written as JSON strings.
+  for (const [k, x] of Object.entries(o.extraParameters ?? {})) fields.push([k, /[,:\n]/.test(x) ? JSON.stringify(x) : x]);
   fields.push(['Version', 'sdtune 0.1.0']);
   const neg = o.negative ? `\nNegative prompt: ${o.negative}` : '';
   return `${o.prompt}${neg}\n${fields.map(([k, x]) => `${k}: ${x}`).join(', ')}`;
@@ -150,16 +151,30 @@ export function generateWithLatents(model: StableDiffusion, o: GenerateOptions, 
   // Prompt editing counts the steps that run (img2img runs fewer than `steps`).
   const start = o.init ? scheduler.timestepsForStrength(v.steps, o.strength ?? 0.75).startIndex : (scheduler.setTimesteps(v.steps), 0);
   const total = scheduler.timesteps.length - start;
-  const cond = T.noGrad(() => Conditioning.build(model, o.prompt, o.negative ?? '', total, { clipSkip: o.clipSkip, embeddings: o.embeddings }));
+  // Networks named in the prompt are applied first: a LoRA's text-encoder part changes the conditioning.
+  let nets: ExtraNetworks;
   try {
-    const nets = cond.extraNetworks;
-    if (nets.loras.length || nets.hypernets.length) {
-      if (!o.onExtraNetworks) {
-        const tags = [...nets.loras.map((l) => `<lora:${l.name}>`), ...nets.hypernets.map((h) => `<hypernet:${h.name}>`)];
-        throw new PromptError(`the prompt names ${tags.join(', ')} but no LoRA or hypernetwork folder was given to look them up in`);
-      }
-      o.onExtraNetworks(nets);
+    nets = parseExtraNetworks(o.prompt);
+  } catch (e) {
+    scheduler.dispose();
+    throw e;
+  }
+  if (nets.loras.length || nets.hypernets.length) {
+    if (!o.onExtraNetworks) {
+      scheduler.dispose();
+      const tags = [...nets.loras.map((l) => `<lora:${l.name}>`), ...nets.hypernets.map((h) => `<hypernet:${h.name}>`)];
+      throw new PromptError(`the prompt names ${tags.join(', ')} but no LoRA or hypernetwork folder was given to look them up in`);
     }
+    o.onExtraNetworks(nets);
+  }
+  let cond: Conditioning;
+  try {
+    cond = T.noGrad(() => Conditioning.build(model, o.prompt, o.negative ?? '', total, { clipSkip: o.clipSkip, embeddings: o.embeddings }));
+  } catch (e) {
+    scheduler.dispose();
+    throw e;
+  }
+  try {
     const parts = cond.parts.length;
     const withUncond = v.cfg > 1 || parts > 1;
     const latents = T.noGrad(() => T.tidy(() => {

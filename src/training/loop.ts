@@ -516,6 +516,8 @@ export class Trainer {
     let prepared = -1;
     this.technique.model.unet.train();
     while (this.step < o.steps) {
+      // Let the event loop run between steps: signals (Ctrl-C), progress events, job messages.
+      await new Promise<void>((r) => setImmediate(r));
       if (o.shouldStop?.()) {
         const ck = this.saveCheckpoint();
         return this.finish('stopped', t0, records, `stopped at step ${this.step}; checkpoint ${ck}; run again with --resume to continue`, true);
@@ -575,9 +577,10 @@ export class Trainer {
         if (d !== undefined) rec.prior_drift = d;
       }
       if (every(o.sampleEvery)) rec.samples = this.samples();
-      if (every(o.checkpointEvery) && this.step < o.steps) {
+      if (every(o.checkpointEvery)) {
+        // The last step gets a checkpoint too, so a finished run can be extended with --resume.
         rec.checkpoint = this.saveCheckpoint();
-        if (o.snapshots) this.saveProduct(this.snapshotPath(this.step));
+        if (o.snapshots && this.step < o.steps) this.saveProduct(this.snapshotPath(this.step));
       }
       records.push(rec);
       appendFileSync(logPath, JSON.stringify(rec) + '\n');

@@ -74,7 +74,7 @@ test('bad input: one clear line and a non-zero exit, nothing written', () => {
     [['--model', ckpt, '--prompt', 'x', '--sampler', 'plms', '--out', out], /--sampler must be one of ddim, euler, euler_a, dpmpp_2m/, 2],
     [['--model', ckpt, '--prompt', 'x', '--out', join(tmp.dir, 'x.jpg')], /use a \.png name/, 2],
     [['--model', ckpt, '--prompt', 'x', '--init', ckpt, '--out', out], /tiny-sd\.safetensors: not a PNG file/, 1],
-    [['--model', ckpt, '--prompt', '<lora:style:0.8> x', '--out', out], /the prompt names <lora:style>/, 1],
+    [['--model', ckpt, '--prompt', '<lora:style:0.8> x', '--out', out], /the prompt names <lora:style> but no --lora-dir was given/, 2],
   ];
   for (const [args, re, code] of cases) {
     const r = sdtune('generate', ...args);

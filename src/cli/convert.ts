@@ -3,17 +3,17 @@
 // LoRAs (kohya ↔ PEFT) and embeddings (A1111 .pt ↔ safetensors ↔ diffusers). Metadata is kept
 // where the target has a place for it; every file is written atomically (temp + rename), and a
 // folder is assembled under a temporary name and renamed into place at the end.
-import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, statSync } from 'node:fs';
 import { basename, extname, join } from "node:path";
 import * as T from '../torch/index.ts';
 import { saveSafetensors, SafetensorsFile } from '../formats/safetensors.ts';
 import { loadEmbeddingFile } from '../formats/embedding-file.ts';
 import { loadTorchFile, saveTorchFile } from '../formats/torchfile.ts';
 import * as L from '../formats/layouts/index.ts';
-import { clipTokenizerFiles } from '../text/vocab-files.ts';
-import { openStateSource, inferClipConfig, inferUnetConfig, inferVaeConfig, SD_SCHEDULER_CONFIG, CONFIG_METADATA_KEY, type SingleFileConfig } from '../models/load.ts';
+import { openStateSource, inferClipConfig, inferUnetConfig, inferVaeConfig, CONFIG_METADATA_KEY, type SingleFileConfig } from '../models/load.ts';
 import { clipConfigToTransformers, unetConfigToDiffusers, vaeConfigToDiffusers, unetConfigFromDiffusers, vaeConfigFromDiffusers, clipConfigFromTransformers } from '../models/config.ts';
 import { inspectPath } from './inspect.ts';
+import { writePipelineFolder } from '../models/save.ts';
 
 export type Target = 'ldm' | 'diffusers' | 'kohya' | 'peft' | 'a1111-pt' | 'safetensors';
 export type DtypeName = 'fp16' | 'bf16' | 'fp32';
@@ -60,21 +60,6 @@ function loadAll(path: string): { sd: Map<string, T.Tensor>; metadata: Record<st
   const sd = new Map<string, T.Tensor>();
   for (const k of src.keys()) sd.set(k, src.get(k));
   return { sd, metadata: { ...src.metadata } };
-}
-
-/** Folder output: build under `<out>.partial-<pid>`, then rename into place. */
-function writeFolder(out: string, fill: (tmp: string) => void): void {
-  if (existsSync(out)) throw new Error(`${out} already exists: choose a new folder name (nothing was written)`);
-  const tmp = `${out}.partial-${process.pid}`;
-  rmSync(tmp, { recursive: true, force: true });
-  mkdirSync(tmp, { recursive: true });
-  try {
-    fill(tmp);
-    renameSync(tmp, out);
-  } catch (e) {
-    rmSync(tmp, { recursive: true, force: true });
-    throw e;
-  }
 }
 
 function defaultTarget(kind: string, input: string, output: string): Target {
@@ -164,42 +149,14 @@ function singleFileToDiffusers(input: string, output: string, o: ConvertOptions)
     if (conv.ignored.length) notes.push(`left out ${conv.ignored.length} key(s) diffusers has no place for (${conv.ignored.slice(0, 3).join(', ')}${conv.ignored.length > 3 ? ', …' : ''})`);
     let n = 0;
     const total = conv.unet.size + conv.vae.size + conv.textEncoder.size;
-    writeFolder(output, (dir) => {
-      const part = (sub: string, file: string, tensors: Map<string, T.Tensor>, config: Record<string, unknown>) => {
-        mkdirSync(join(dir, sub));
-        writeFileSync(join(dir, sub, 'config.json'), JSON.stringify(config, null, 2) + '\n');
-        const cast = castAll(tensors, o.dtype, () => o.onProgress?.(++n, total));
-        try {
-          saveSafetensors(join(dir, sub, file), cast, { format: 'pt' });
-        } finally {
-          disposeAll(cast);
-        }
-      };
-      part('unet', 'diffusion_pytorch_model.safetensors', conv.unet, unetConfigToDiffusers(ucfg));
-      part('vae', 'diffusion_pytorch_model.safetensors', conv.vae, vaeConfigToDiffusers(vcfg));
-      part('text_encoder', 'model.safetensors', conv.textEncoder, clipConfigToTransformers(tcfg));
-      mkdirSync(join(dir, 'tokenizer'));
-      const tok = clipTokenizerFiles();
-      writeFileSync(join(dir, 'tokenizer', 'vocab.json'), tok.vocabJson);
-      writeFileSync(join(dir, 'tokenizer', 'merges.txt'), tok.mergesTxt);
-      writeFileSync(join(dir, 'tokenizer', 'tokenizer_config.json'), JSON.stringify({
-        model_max_length: 77, pad_token: family === 'sd2' ? '!' : '<|endoftext|>', bos_token: '<|startoftext|>', eos_token: '<|endoftext|>', unk_token: '<|endoftext|>', do_lower_case: true, tokenizer_class: 'CLIPTokenizer',
-      }, null, 2) + '\n');
-      mkdirSync(join(dir, 'scheduler'));
-      writeFileSync(join(dir, 'scheduler', 'scheduler_config.json'), JSON.stringify({ ...SD_SCHEDULER_CONFIG, ...(meta.scheduler ?? {}), prediction_type: prediction }, null, 2) + '\n');
-      writeFileSync(join(dir, 'model_index.json'), JSON.stringify({
-        _class_name: 'StableDiffusionPipeline',
-        _diffusers_version: '0.25.0',
-        feature_extractor: [null, null],
-        requires_safety_checker: false,
-        safety_checker: [null, null],
-        scheduler: ['diffusers', 'PNDMScheduler'],
-        text_encoder: ['transformers', 'CLIPTextModel'],
-        tokenizer: ['transformers', 'CLIPTokenizer'],
-        unet: ['diffusers', 'UNet2DConditionModel'],
-        vae: ['diffusers', 'AutoencoderKL'],
-      }, null, 2) + '\n');
-    });
+    writePipelineFolder(output, {
+      unet: conv.unet,
+      vae: conv.vae,
+      textEncoder: conv.textEncoder,
+      configs: { unet: unetConfigToDiffusers(ucfg), vae: vaeConfigToDiffusers(vcfg), text_encoder: clipConfigToTransformers(tcfg), scheduler: meta.scheduler ?? {} },
+      family,
+      prediction,
+    }, { dtype: o.dtype, onTensor: () => o.onProgress?.(++n, total) });
     disposeAll(conv.unet, conv.vae, conv.textEncoder, conv.extras);
     return [total, notes];
   } finally {

@@ -3,8 +3,7 @@
 // Reading covers what image tools write: 8/16-bit grey, grey+alpha, RGB, RGBA and palettes
 // (with tRNS), non-interlaced and Adam7-interlaced. Hostile files fail with a message naming the file.
 import { deflateSync, inflateSync } from 'node:zlib';
-import { closeSync, fsyncSync, openSync, renameSync, unlinkSync, writeSync } from 'node:fs';
-import { dirname, basename, join } from 'node:path';
+import { writeFileAtomic } from './atomic.ts';
 
 export interface RgbImage {
   width: number;
@@ -92,25 +91,7 @@ export function encodePng(img: RgbImage, text: PngText = {}): Buffer {
 
 /** Writes a PNG atomically (temp file in the same folder, then rename). */
 export function writePng(path: string, img: RgbImage, text: PngText = {}): void {
-  const bytes = encodePng(img, text);
-  const tmp = join(dirname(path), `.${basename(path)}.${process.pid}.tmp`);
-  let fd = -1;
-  try {
-    fd = openSync(tmp, 'w');
-    writeSync(fd, bytes);
-    fsyncSync(fd);
-    closeSync(fd);
-    fd = -1;
-    renameSync(tmp, path);
-  } catch (e) {
-    if (fd >= 0) closeSync(fd);
-    try {
-      unlinkSync(tmp);
-    } catch {
-      /* already gone */
-    }
-    throw new Error(`cannot write ${path}: ${(e as Error).message}`);
-  }
+  writeFileAtomic(path, encodePng(img, text));
 }
 
 interface Header {

@@ -56,36 +56,56 @@ export function saveSingleFile(model: StableDiffusion, path: string, o: SaveMode
   }
 }
 
-/** The model as a diffusers pipeline folder, built beside the target and renamed into place. */
-export function saveDiffusersFolder(model: StableDiffusion, dir: string, o: SaveModelOptions = {}): void {
+export interface PipelineParts {
+  unet: Map<string, T.Tensor>;
+  vae: Map<string, T.Tensor>;
+  textEncoder: Map<string, T.Tensor>;
+  /** diffusers/transformers config.json contents. */
+  configs: { unet: unknown; vae: unknown; text_encoder: unknown; scheduler: Record<string, unknown> };
+  family: 'sd1' | 'sd2';
+  prediction: 'epsilon' | 'v_prediction';
+}
+
+/**
+ * A diffusers pipeline folder (§4.7): unet/, vae/, text_encoder/ (config + safetensors),
+ * tokenizer/ (from the shipped vocabulary), scheduler/, model_index.json. Built beside the
+ * target and renamed into place, so a failure leaves nothing behind.
+ */
+export function writePipelineFolder(dir: string, p: PipelineParts, o: { dtype?: SaveDtype; onTensor?: () => void } = {}): void {
   if (existsSync(dir)) throw new Error(`${dir} already exists: choose a new folder name (nothing was written)`);
   const tmp = `${dir}.partial-${process.pid}`;
   rmSync(tmp, { recursive: true, force: true });
   mkdirSync(tmp, { recursive: true });
   try {
-    const c = configs(model);
     const part = (sub: string, file: string, sd: Map<string, T.Tensor>, config: unknown) => {
       mkdirSync(join(tmp, sub));
       writeFileSync(join(tmp, sub, 'config.json'), JSON.stringify(config, null, 2) + '\n');
       const out = cast(sd, o.dtype);
       try {
         saveSafetensors(join(tmp, sub, file), out, { format: 'pt' });
+        for (let i = 0; i < out.size; i++) o.onTensor?.();
       } finally {
         disposeAll(out);
       }
     };
-    part('unet', 'diffusion_pytorch_model.safetensors', model.unet.stateDict(), c.unet);
-    part('vae', 'diffusion_pytorch_model.safetensors', model.vae.stateDict(), c.vae);
-    part('text_encoder', 'model.safetensors', model.textEncoder.stateDict(), c.text_encoder);
+    part('unet', 'diffusion_pytorch_model.safetensors', p.unet, p.configs.unet);
+    part('vae', 'diffusion_pytorch_model.safetensors', p.vae, p.configs.vae);
+    part('text_encoder', 'model.safetensors', p.textEncoder, p.configs.text_encoder);
     mkdirSync(join(tmp, 'tokenizer'));
     const tok = clipTokenizerFiles();
     writeFileSync(join(tmp, 'tokenizer', 'vocab.json'), tok.vocabJson);
     writeFileSync(join(tmp, 'tokenizer', 'merges.txt'), tok.mergesTxt);
+    writeFileSync(join(tmp, 'tokenizer', 'tokenizer_config.json'), JSON.stringify({
+      model_max_length: 77, pad_token: p.family === 'sd2' ? '!' : '<|endoftext|>', bos_token: '<|startoftext|>', eos_token: '<|endoftext|>', unk_token: '<|endoftext|>', do_lower_case: true, tokenizer_class: 'CLIPTokenizer',
+    }, null, 2) + '\n');
     mkdirSync(join(tmp, 'scheduler'));
-    writeFileSync(join(tmp, 'scheduler', 'scheduler_config.json'), JSON.stringify({ ...SD_SCHEDULER_CONFIG, ...model.schedulerConfig, prediction_type: model.prediction }, null, 2) + '\n');
+    writeFileSync(join(tmp, 'scheduler', 'scheduler_config.json'), JSON.stringify({ ...SD_SCHEDULER_CONFIG, ...p.configs.scheduler, prediction_type: p.prediction }, null, 2) + '\n');
     writeFileSync(join(tmp, 'model_index.json'), JSON.stringify({
       _class_name: 'StableDiffusionPipeline',
       _diffusers_version: '0.25.0',
+      feature_extractor: [null, null],
+      requires_safety_checker: false,
+      safety_checker: [null, null],
       scheduler: ['diffusers', 'PNDMScheduler'],
       text_encoder: ['transformers', 'CLIPTextModel'],
       tokenizer: ['transformers', 'CLIPTokenizer'],
@@ -97,4 +117,17 @@ export function saveDiffusersFolder(model: StableDiffusion, dir: string, o: Save
     rmSync(tmp, { recursive: true, force: true });
     throw e;
   }
+}
+
+/** The model as a diffusers pipeline folder. */
+export function saveDiffusersFolder(model: StableDiffusion, dir: string, o: SaveModelOptions = {}): void {
+  const c = configs(model);
+  writePipelineFolder(dir, {
+    unet: model.unet.stateDict(),
+    vae: model.vae.stateDict(),
+    textEncoder: model.textEncoder.stateDict(),
+    configs: { unet: c.unet, vae: c.vae, text_encoder: c.text_encoder, scheduler: model.schedulerConfig },
+    family: model.family,
+    prediction: model.prediction,
+  }, { dtype: o.dtype });
 }

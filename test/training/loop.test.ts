@@ -156,7 +156,14 @@ test('DreamBooth with prior preservation: the whole model is saved and re-loads;
     assert.ok(saved.sub(model.unet.stateDict().get(k)!).abs().max().item() > 0, 'the product uses the EMA weights');
   });
   assert.deepEqual([...back.unet.stateDict().keys()].sort(), [...base.unet.stateDict().keys()].sort());
-  for (const m of [back, base]) m.dispose();
+  // A path without an extension: a diffusers folder holding the model's current weights exactly.
+  const folder = join(tmp.dir, 'db-diffusers');
+  tech.save(folder, { step: 6, baseName: 'tiny-sd', baseHash: '', settings: {} });
+  const fromFolder = loadStableDiffusion(folder);
+  T.tidy(() => {
+    for (const [k, t] of model.unet.stateDict()) assert.equal(t.sub(fromFolder.unet.stateDict().get(k)!).abs().max().item(), 0, k);
+  });
+  for (const m of [back, base, fromFolder]) m.dispose();
   trainer.dispose();
   tech.dispose();
   model.dispose();

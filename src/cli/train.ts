@@ -124,7 +124,9 @@ export async function runTrain(args: string[], io: { out?: (s: string) => void; 
       classDir ??= join(workDir, 'class-images');
       if (!dry) {
         const bar = quiet ? null : new ProgressBar('class images');
-        ensureClassImages(model, { prompt: c.classPrompt!, count: c.numClassImages!, dir: classDir, seed: c.seed, onProgress: (d, t) => bar?.update(d, t) });
+        // At the training resolution: they are trained on as they are.
+        const side = datasetOptions(model, c, undefined).resolution as number;
+        ensureClassImages(model, { prompt: c.classPrompt!, count: c.numClassImages!, dir: classDir, seed: c.seed, width: side, height: side, onProgress: (d, t) => bar?.update(d, t) });
       }
     }
     const ds = await Dataset.open(datasetOptions(model, c, wantClass && existsSync(classDir!) ? classDir : undefined));

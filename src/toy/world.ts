@@ -4,9 +4,9 @@
 // base world never shows:
 // - a subject, the "sks heart": a heart with polka dots (no base-world shape has a pattern), for
 //   DreamBooth and textual inversion, with class prompts for prior preservation;
-// - a style, "outline": every shape drawn as a 2-pixel contour over its background, for LoRA and
-//   hypernetworks. A small classifier tells it apart from the base world reliably: the inside of
-//   the shape is background.
+// - a style, "outline": every shape drawn as its contour (2 px at 32×32 for a large shape, 1 px for
+//   a small one) over its background, for LoRA and hypernetworks. A small classifier tells it apart
+//   from the base world reliably: the inside of the shape is background.
 // Shapes are signed-distance functions (Inigo Quilez, "2D distance functions"), sampled 4×4 per
 // pixel for anti-aliasing. Every random choice comes from a stream named by (seed, keys), so the
 // same seed gives byte-identical images on every machine.
@@ -243,11 +243,15 @@ export interface RenderOptions {
 }
 
 /** Half-extent of a shape, in fractions of the image side. */
-const RADIUS: Readonly<Record<Size, number>> = { small: 0.14, large: 0.28 };
+const RADIUS: Readonly<Record<Size, number>> = { small: 0.15, large: 0.28 };
 /** Space kept between a shape placed on a side and the image edge. */
 const MARGIN = 0.04;
-/** Outline stroke: 2 pixels at 32×32 (4 at 64×64), inside the shape's edge so its extent is kept. */
-const OUTLINE_WIDTH = 2 / 32;
+/**
+ * Outline stroke, as a fraction of the shape's half-extent: 2 pixels for a large shape at 32×32 and
+ * 1 for a small one (whose triangle is under 3 pixels from edge to centre), inside the shape's edge
+ * so its extent is kept.
+ */
+const OUTLINE_WIDTH = 0.22;
 /** Diagonal stripes: one light and one dark band per period (along x + y). */
 const STRIPE_PERIOD = 0.25;
 const SUPERSAMPLE = 4;
@@ -270,7 +274,16 @@ function jitterOf(seed: number): Jitter {
   const r = ToyRng.derive(seed, 'jitter');
   const tint = (a: number): [number, number, number] => [r.range(-a, a), r.range(-a, a), r.range(-a, a)];
   // Small enough that a "left" shape stays in the left third and a red stays red.
-  return { dx: r.range(-0.025, 0.025), dy: r.range(-0.025, 0.025), scale: r.range(0.94, 1.06), angle: r.range(-10, 10) * (Math.PI / 180), gain: r.range(0.92, 1.05), tint: tint(8), bgTint: tint(6), stripePhase: r.next() };
+  return {
+    dx: r.range(-0.025, 0.025),
+    dy: r.range(-0.025, 0.025),
+    scale: r.range(0.94, 1.06),
+    angle: r.range(-10, 10) * (Math.PI / 180),
+    gain: r.range(0.92, 1.05),
+    tint: tint(8),
+    bgTint: tint(6),
+    stripePhase: r.next(),
+  };
 }
 
 /** Centre of a shape of half-extent `radius` at `position`, in image fractions (y down). */
@@ -408,7 +421,7 @@ export function renderScene(attrs: SceneAttrs, o: RenderOptions = {}): RgbImage 
           const d = shapeDistance(attrs.shape, x, y, R);
           let c: readonly number[];
           if (d < 0 && o.subject && onDot(x / heartScale, y / heartScale + HEART_HALF_HEIGHT)) c = dot;
-          else if (d < 0 && (o.style !== 'outline' || d > -OUTLINE_WIDTH)) c = fg;
+          else if (d < 0 && (o.style !== 'outline' || d > -OUTLINE_WIDTH * R)) c = fg;
           else if (attrs.pattern === 'striped') {
             const t = (u + v) / STRIPE_PERIOD + j.stripePhase;
             c = t - Math.floor(t) < 0.5 ? bg : stripe;
@@ -437,7 +450,8 @@ export function renderSubject(attrs: SubjectAttrs, o: Omit<RenderOptions, 'subje
 
 /**
  * A scene in a style. The style is a function of the scene, not a filter on pixels: 'outline' keeps
- * the background and draws only the shape's contour, 2 px at 32×32 (the subject keeps its dots).
+ * the background and draws only the shape's contour, 2 px at 32×32 for a large shape and 1 px for a
+ * small one (the subject keeps its dots).
  */
 export function applyStyle(attrs: SceneAttrs, style: Style, o: Omit<RenderOptions, 'style'> = {}): RgbImage {
   return renderScene(attrs, { ...o, style });

@@ -7,6 +7,7 @@ import { convert, type DtypeName, type Target } from './convert.ts';
 import { GENERATE_USAGE, GenerateUsageError, describeGenerate, runGenerate } from './generate.ts';
 import { MERGE_USAGE, MergeUsageError, describeMerge, runMerge } from './merge.ts';
 import { TrainUsageError, runTrain } from './train.ts';
+import { ToyUsageError, runToy } from './toy.ts';
 
 const USAGE = `usage: sdtune <command> [options]
 
@@ -25,6 +26,8 @@ commands:
                        fine-tune (--dry-run shows the step count first; --help lists the options)
   merge --model CKPT --lora FILE:W [--lora …] --out OUT.safetensors
                        bake LoRAs into a checkpoint
+  toy world|concept|pretrain [options]
+                       the toy world's training folders; the toy model trained from scratch
   help                 this text
 `;
 
@@ -88,6 +91,9 @@ export async function main(argv: string[]): Promise<number> {
     case 'train':
       await runTrain(rest);
       return 0;
+    case 'toy':
+      process.stdout.write((await runToy(rest)) + '\n');
+      return 0;
     case 'merge': {
       if (rest.includes('--help') || rest.includes('-h')) {
         process.stdout.write(MERGE_USAGE + '\n');
@@ -114,7 +120,7 @@ if (isMain) {
     (code) => process.exit(code),
     (e: unknown) => {
       process.stderr.write(`sdtune: ${e instanceof Error ? e.message : String(e)}\n`);
-      process.exit(e instanceof UsageError || e instanceof GenerateUsageError || e instanceof MergeUsageError || e instanceof TrainUsageError ? 2 : 1);
+      process.exit(e instanceof UsageError || e instanceof GenerateUsageError || e instanceof MergeUsageError || e instanceof TrainUsageError || e instanceof ToyUsageError ? 2 : 1);
     },
   );
 }

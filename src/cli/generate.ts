@@ -14,7 +14,8 @@ import { SCHEDULER_NAMES, type SchedulerName } from '../sampling/schedulers.ts';
 import { ProgressBar } from './progress.ts';
 import { parseLoraArg } from './merge.ts';
 import { parseExtraNetworks } from '../text/prompt.ts';
-import { applyLoraFiles, disposeLoraFile, loadLoraFile, type AppliedLoras, type LoadedLora } from '../adapters/lora.ts';
+import { applyLoraFiles, disposeLoraFile, type AppliedLoras } from '../adapters/lora.ts';
+import { loadLoraFile, type LoadedLora } from '../adapters/lora-file.ts';
 import { Hypernetwork, applyHypernetworks, type HypernetworkHandle } from '../adapters/hypernetwork.ts';
 
 export class GenerateUsageError extends Error {}

@@ -9,7 +9,8 @@ import { saveSafetensors } from '../formats/safetensors.ts';
 import { DDPM_BUFFERS, diffusersToLdm } from '../formats/layouts/index.ts';
 import { CONFIG_METADATA_KEY, loadStableDiffusion, openStateSource, type SingleFileConfig } from '../models/load.ts';
 import { clipConfigToTransformers, unetConfigToDiffusers, vaeConfigToDiffusers } from '../models/config.ts';
-import { disposeLoraFile, loadLoraFile, mergeLoras, type LoadedLora } from '../adapters/lora.ts';
+import { disposeLoraFile, mergeLoras } from '../adapters/lora.ts';
+import { loadLoraFile, type LoadedLora } from '../adapters/lora-file.ts';
 import { castAll, disposeAll, type DtypeName } from './convert.ts';
 
 export class MergeUsageError extends Error {}

@@ -12,7 +12,10 @@ import { UNet2DConditionModel } from '../../src/models/unet.ts';
 import { CLIPTextModel } from '../../src/models/clip.ts';
 import { SD15_TEXT, SD15_UNET, unetConfigFromDiffusers } from '../../src/models/config.ts';
 import { loadStableDiffusion, type StableDiffusion } from '../../src/models/load.ts';
-import * as lora from '../../src/adapters/lora.ts';
+import * as loraCore from '../../src/adapters/lora.ts';
+import * as loraFile from '../../src/adapters/lora-file.ts';
+
+const lora = { ...loraCore, ...loraFile };
 import { parseLoraArg, runMerge } from '../../src/cli/merge.ts';
 import { writeTinyCheckpoint } from '../sampling/tiny-sd.ts';
 import { DEVICE, SPECS, assertClose, fixture, maxAbsDiff, tempDir } from '../helpers.ts';

@@ -16,7 +16,8 @@ import { DreamBoothTechnique } from '../../src/training/techniques/dreambooth.ts
 import { HypernetworkTechnique } from '../../src/training/techniques/hypernetwork.ts';
 import { Hypernetwork } from '../../src/adapters/hypernetwork.ts';
 import { LoraTechnique } from '../../src/training/techniques/lora.ts';
-import { applyLoraFiles, disposeLoraFile, loadLoraFile } from '../../src/adapters/lora.ts';
+import { applyLoraFiles, disposeLoraFile } from '../../src/adapters/lora.ts';
+import { loadLoraFile } from '../../src/adapters/lora-file.ts';
 import { generate } from '../../src/sampling/pipeline.ts';
 import { tempDir } from '../helpers.ts';
 import { writeTinyCheckpoint } from '../sampling/tiny-sd.ts';

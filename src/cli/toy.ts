@@ -7,7 +7,7 @@ import { ProgressBar } from './progress.ts';
 
 export const TOY_USAGE = `sdtune toy world --out DIR [--n 200] [--seed 0] [--size 32|64]     scenes with captions
 sdtune toy concept subject|style --out DIR [--n 20] [--seed 0]          a concept's training set
-sdtune toy pretrain [--out FILE] [--work DIR] [--steps 20000] [--vae-steps 2000] [--scenes 8192] [--batch 32]
+sdtune toy pretrain [--out FILE] [--work DIR] [--steps 20000] [--vae-steps 2000] [--scenes 8192] [--batch 32] [--stop-at N]
                                                                         train the toy model from scratch (resumable)`;
 
 export class ToyUsageError extends Error {}
@@ -27,7 +27,7 @@ export async function runToy(args: string[]): Promise<string> {
     ({ values, positionals } = parseArgs({
       args: rest,
       allowPositionals: true,
-      options: { out: { type: 'string' }, work: { type: 'string' }, n: { type: 'string' }, seed: { type: 'string' }, size: { type: 'string' }, steps: { type: 'string' }, 'vae-steps': { type: 'string' }, scenes: { type: 'string' }, batch: { type: 'string' } },
+      options: { out: { type: 'string' }, work: { type: 'string' }, n: { type: 'string' }, seed: { type: 'string' }, size: { type: 'string' }, steps: { type: 'string' }, 'vae-steps': { type: 'string' }, scenes: { type: 'string' }, batch: { type: 'string' }, 'stop-at': { type: 'string' } },
     }));
   } catch (e) {
     throw new ToyUsageError(`${(e as Error).message.split('\n')[0]}\n${TOY_USAGE}`);
@@ -66,6 +66,7 @@ export async function runToy(args: string[]): Promise<string> {
           onVaeStep: (s, n, l) => vaeBar.update(s, n, `loss ${l.toFixed(4)}`),
           onStep: (rec, n) => bar.update(rec.step, n, `loss ${rec.loss.toFixed(4)}${rec.val_loss !== undefined ? ` val ${rec.val_loss.toFixed(4)}` : ''}`),
           shouldStop: () => stop,
+          stopAt: values['stop-at'] === undefined ? undefined : int('stop-at', values['stop-at'] as string, steps),
         });
         return `${r.status}: wrote ${out} (final loss ${r.loss.toFixed(4)}, ${(r.seconds / 60).toFixed(1)} min)`;
       } finally {

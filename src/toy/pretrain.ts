@@ -52,6 +52,8 @@ export interface PretrainOptions {
   onVaeStep?: (step: number, total: number, loss: number) => void;
   onStep?: (r: StepRecord, total: number) => void;
   shouldStop?: () => boolean;
+  /** Stop (checkpoint and product saved) after this step, on the schedule of `steps`. */
+  stopAt?: number;
 }
 
 function toTensor(images: RgbImage[]): T.Tensor {
@@ -187,9 +189,10 @@ export async function pretrainToy(o: PretrainOptions): Promise<{ vaeLoss: number
   };
   const tech = new DreamBoothTechnique(model, { token: '', lr: o.lr ?? 3e-4, trainTextEncoder: true, textEncoderLr: o.lr ?? 3e-4, saveDtype: 'fp16' });
   const steps = o.steps ?? 20000;
-  const trainer = new Trainer(tech, data, {
+  const trainer: Trainer = new Trainer(tech, data, {
     steps, seed, workDir: o.workDir, out: o.out, lrSchedule: 'cosine', warmupSteps: Math.min(500, Math.floor(steps / 10)), maxGradNorm: 1,
-    checkpointEvery: 1000, validateEvery: 500, resume: true, shouldStop: o.shouldStop, onStep: (r) => o.onStep?.(r, steps),
+    checkpointEvery: 1000, validateEvery: 500, resume: true, onStep: (r) => o.onStep?.(r, steps),
+    shouldStop: () => (o.stopAt !== undefined && trainer.step >= o.stopAt) || (o.shouldStop?.() ?? false),
   });
   try {
     const r = await trainer.run();

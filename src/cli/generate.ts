@@ -12,6 +12,7 @@ import { loadStableDiffusion, type StableDiffusion } from '../models/load.ts';
 import { generate, type GenerateOptions } from '../sampling/pipeline.ts';
 import { SCHEDULER_NAMES, type SchedulerName } from '../sampling/schedulers.ts';
 import { ProgressBar } from './progress.ts';
+import { TOY_MODEL_PATH, toyModelAvailable } from '../toy/model.ts';
 import { parseLoraArg } from './merge.ts';
 import { parseExtraNetworks } from '../text/prompt.ts';
 import { applyLoraFiles, disposeLoraFile, type AppliedLoras } from '../adapters/lora.ts';
@@ -20,7 +21,7 @@ import { Hypernetwork, applyHypernetworks, type HypernetworkHandle } from '../ad
 
 export class GenerateUsageError extends Error {}
 
-export const GENERATE_USAGE = `sdtune generate --model PATH --prompt TEXT --out FILE.png
+export const GENERATE_USAGE = `sdtune generate [--model PATH] --prompt TEXT --out FILE.png   (default model: the embedded toy model)
   [--negative TEXT] [--seed N] [--steps N] [--sampler ${SCHEDULER_NAMES.join('|')}] [--karras]
   [--cfg X] [--width W --height H] [--batch N] [--clip-skip N]
   [--init IMAGE.png --strength S] [--embedding FILE]... [--embeddings-dir DIR]
@@ -108,6 +109,8 @@ function parseGenerateArgs(args: string[]) {
 
 export function runGenerate(args: string[]): GenerateCliResult {
   const { values } = parseGenerateArgs(args);
+  // Without --model: the embedded toy model, so a newcomer sees something work.
+  if (!values.model && toyModelAvailable()) values.model = TOY_MODEL_PATH;
   if (!values.model) throw new GenerateUsageError('generate needs --model (a .safetensors/.ckpt checkpoint or a diffusers folder)');
   if (values.prompt === undefined) throw new GenerateUsageError('generate needs --prompt');
   if (!values.out) throw new GenerateUsageError('generate needs --out FILE.png');

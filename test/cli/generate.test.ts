@@ -67,7 +67,6 @@ test('embeddings load by file and their stem is a prompt word; a wrong-width one
 test('bad input: one clear line and a non-zero exit, nothing written', () => {
   const out = join(tmp.dir, 'never.png');
   const cases: [string[], RegExp, number][] = [
-    [['--prompt', 'x', '--out', out], /generate needs --model/, 2],
     [['--model', join(tmp.dir, 'nope.safetensors'), '--prompt', 'x', '--out', out], /nope\.safetensors: no such file or folder/, 1],
     [['--model', ckpt, '--prompt', 'x', '--width', '65', '--out', out], /width 65 is not a multiple of 8 .*use 64 or 72/, 1],
     [['--model', ckpt, '--prompt', 'x', '--steps', 'many', '--out', out], /--steps takes a whole number, got "many"/, 2],

@@ -3,12 +3,14 @@
 import { benchEngine } from './engine.ts';
 import { benchFormats } from './formats.ts';
 import { benchSd } from './sd.ts';
+import { benchTrain } from './train.ts';
 import type { BenchLine } from './common.ts';
 
 const suites: Record<string, () => BenchLine[] | Promise<BenchLine[]>> = {
   engine: benchEngine,
   formats: benchFormats,
   sd: benchSd,
+  train: benchTrain,
 };
 
 const wanted = process.argv.slice(2).filter((a) => !a.startsWith('-'));

@@ -359,4 +359,5 @@ def main():
     print(json.dumps(out))
 
 
-main()
+if __name__ == "__main__":  # bench/train_reference.py imports the model
+    main()

@@ -19,7 +19,7 @@ import type { StableDiffusion } from '../models/load.ts';
 import { NoiseSchedule, minSnrWeight, parseSchedulerConfig } from '../sampling/schedule.ts';
 import { promptChunks, encodeChunks } from '../sampling/conditioning.ts';
 import { generate } from '../sampling/pipeline.ts';
-import { lrSchedule } from './lr.ts';
+import { isNamedSchedule, lrSchedule } from './lr.ts';
 import type { Technique } from './technique.ts';
 
 /** One batch as the data layer hands it over (the loop disposes the tensors). */
@@ -162,10 +162,8 @@ export class Trainer {
     this.baseLrs = groups.map((g) => g.lr);
     const sched = o.lrSchedule ?? 'constant';
     // Named schedules scale each group's own rate; A1111's piecewise syntax gives absolute rates.
-    const named = ['constant', 'constant_with_warmup', 'linear', 'cosine'].includes(sched);
-    const f = lrSchedule({ schedule: sched, lr: 1, warmupSteps: o.warmupSteps, totalSteps: o.steps });
-    this.lrOf = f;
-    this.piecewise = !named;
+    this.lrOf = lrSchedule({ schedule: sched, lr: 1, warmupSteps: o.warmupSteps, totalSteps: o.steps });
+    this.piecewise = !isNamedSchedule(sched);
     if (o.mixedPrecision === 'fp16' && m.device.startsWith('cuda')) this.scaler = new T.optim.GradScaler();
     if (o.emaDecay !== undefined) {
       if (!(o.emaDecay > 0 && o.emaDecay < 1)) throw new TrainingError(`EMA decay must be between 0 and 1 (got ${o.emaDecay})`);

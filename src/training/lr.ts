@@ -24,6 +24,11 @@ export interface LrPiece {
 
 const NAMED = new Set(['constant', 'constant_with_warmup', 'linear', 'cosine']);
 
+/** A named schedule (scales a base rate), as opposed to A1111's pieces (absolute rates). */
+export function isNamedSchedule(s: string): s is LrScheduleName {
+  return NAMED.has(s);
+}
+
 /**
  * A1111's "rate:step, rate:step, rate": each rate holds until its step; the last may omit the
  * step and runs to the end. Steps must increase. Errors name the piece that is wrong.

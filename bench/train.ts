@@ -23,7 +23,7 @@ import { injectLora } from '../src/adapters/lora.ts';
 import { Trainer, type TrainBatch, type TrainData } from '../src/training/loop.ts';
 import { resolveTrainConfig } from '../src/training/config.ts';
 import type { TechniqueKind } from '../src/training/technique.ts';
-import { makeTechnique } from '../src/cli/train.ts';
+import { makeTechnique } from '../src/training/run.ts';
 import { writeTinyCheckpoint } from '../test/sampling/tiny-sd.ts';
 import { type BenchLine, PYTHON, ratio, round } from './common.ts';
 

@@ -1,0 +1,165 @@
+// One training job from a resolved config (config.ts): the base model, DreamBooth's class images,
+// the dataset, the technique and the loop, put together once. The CLI (`sdtune train`), the toy
+// demo and the studio's workers all run training through here.
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { loadStableDiffusion, type StableDiffusion } from '../models/load.ts';
+import { Dataset, loadTemplate, type DatasetOptions } from './dataset.ts';
+import { DatasetTrainData } from './data.ts';
+import { Trainer, type StepRecord, type TrainResult } from './loop.ts';
+import { ensureClassImages } from './class-images.ts';
+import type { TrainConfig } from './config.ts';
+import type { Technique } from './technique.ts';
+import { EmbeddingTechnique } from './techniques/embedding.ts';
+import { DreamBoothTechnique } from './techniques/dreambooth.ts';
+import { LoraTechnique } from './techniques/lora.ts';
+import { HypernetworkTechnique } from './techniques/hypernetwork.ts';
+
+/** The technique a config asks for, built on the model. */
+export function makeTechnique(model: StableDiffusion, c: TrainConfig): Technique {
+  switch (c.technique) {
+    case 'embedding':
+      return new EmbeddingTechnique(model, { name: c.token!, vectors: c.vectors, initText: c.initText, lr: c.lr });
+    case 'dreambooth':
+      return new DreamBoothTechnique(model, { token: c.token!, lr: c.lr, trainTextEncoder: c.trainTextEncoder, textEncoderLr: c.textEncoderLr, saveDtype: c.saveDtype as 'fp16' | undefined });
+    case 'lora':
+      return new LoraTechnique(model, { rank: c.rank!, alpha: c.alpha!, convRank: c.convRank || undefined, convAlpha: c.convAlpha, trainTextEncoder: c.trainTextEncoder, lr: c.lr, textEncoderLr: c.textEncoderLr, format: c.loraFormat as 'kohya' | 'peft', saveDtype: c.saveDtype as 'fp16' | undefined, seed: c.seed });
+    case 'hypernetwork':
+      return new HypernetworkTechnique(model, { name: hypernetworkName(c), lr: c.lr, layerStructure: c.layerStructure, activation: c.activation, addLayerNorm: c.layerNorm, dropoutStructure: c.dropoutStructure, weightInit: c.weightInit as 'Normal' | undefined, sizes: c.sizes, seed: c.seed });
+  }
+}
+
+/** A hypernetwork is named after its file, as A1111 names it. */
+function hypernetworkName(c: TrainConfig): string {
+  return (c.out ?? 'hypernetwork').replace(/^.*[\\/]/, '').replace(/\.[^.]+$/, '');
+}
+
+/** The dataset a config describes (class images folder included). */
+export function datasetOptions(model: StableDiffusion, c: TrainConfig, classDir: string | undefined): DatasetOptions {
+  const factor = 2 ** (model.vae.cfg.blockOutChannels.length - 1);
+  const resolution = c.resolution ?? model.unet.cfg.sampleSize * factor;
+  const name = c.technique === 'hypernetwork' ? hypernetworkName(c) : c.token;
+  return {
+    dir: c.data!,
+    classDir,
+    classPrompt: c.classPrompt,
+    resolution,
+    buckets: { enabled: !c.noBuckets, step: Math.min(c.bucketStep ?? 64, resolution) },
+    randomCrop: c.randomCrop,
+    batchSize: c.batchSize ?? 1,
+    seed: c.seed ?? 0,
+    alpha: 'mask',
+    captionExtension: c.captionExtension,
+    caption: {
+      template: c.template ? loadTemplate(c.template) : undefined,
+      name,
+      shuffle: c.shuffleCaptions,
+      keepTokens: c.keepTokens,
+      tagDropout: c.tagDropout,
+      captionDropout: c.captionDropout,
+    },
+  };
+}
+
+export interface RunTrainingOptions {
+  device?: string;
+  /** Resume from the newest checkpoint in the work folder. */
+  resume?: boolean;
+  /** Class images made (done of total), before training starts. */
+  onClassImages?: (done: number, total: number) => void;
+  onStep?: (r: StepRecord, total: number) => void;
+  /** Warnings: skipped images, unreadable files. */
+  onMessage?: (m: string) => void;
+  /** Checked between steps: true saves a checkpoint and stops. */
+  shouldStop?: () => boolean;
+}
+
+export interface TrainingRun {
+  result: TrainResult;
+  workDir: string;
+  steps: number;
+}
+
+/** What a run would do, without training: images, buckets, repeats, steps, trainable parameters. */
+export async function describeTraining(c: TrainConfig, o: { device?: string } = {}): Promise<string> {
+  const model = loadStableDiffusion(c.model!, { device: o.device ?? 'cpu', hash: false });
+  let technique: Technique | null = null;
+  try {
+    const workDir = c.workDir ?? `${c.out}.work`;
+    const classDir = c.classData ?? join(workDir, 'class-images');
+    const wantClass = c.technique === 'dreambooth' && (c.numClassImages ?? 0) > 0;
+    const ds = await Dataset.open(datasetOptions(model, c, wantClass && existsSync(classDir) ? classDir : undefined));
+    const accum = c.gradAccumulation ?? 1;
+    const epochs = c.epochs ?? 1;
+    const steps = c.steps ?? Math.max(1, Math.ceil((epochs * ds.stepsPerEpoch) / accum));
+    const lines = [ds.dryRun(epochs).text];
+    if (wantClass && !existsSync(classDir)) lines.push(`${c.numClassImages} class images of "${c.classPrompt}" will be generated by the base model into ${classDir} first (prior preservation doubles the samples per epoch).`);
+    if (c.steps !== undefined) lines.push(`--steps ${c.steps} is set: training runs ${c.steps} optimizer steps (${((c.steps * accum) / Math.max(1, ds.stepsPerEpoch)).toFixed(2)} epochs).`);
+    else if (accum > 1) lines.push(`with gradient accumulation ${accum}: ${steps} optimizer steps.`);
+    technique = makeTechnique(model, c);
+    const params = technique.groups().reduce((s, g) => s + g.params.reduce((n, [, p]) => n + p.numel, 0), 0);
+    lines.push(`${c.technique}: ${params.toLocaleString('en')} trainable parameters; the result goes to ${c.out}`);
+    return lines.join('\n');
+  } finally {
+    technique?.dispose();
+    model.dispose();
+  }
+}
+
+/** Trains as the config says; the product is written to c.out (and snapshots beside it). */
+export async function runTraining(c: TrainConfig, o: RunTrainingOptions = {}): Promise<TrainingRun> {
+  const workDir = c.workDir ?? `${c.out}.work`;
+  const model = loadStableDiffusion(c.model!, { device: o.device ?? 'cpu' });
+  let technique: Technique | null = null;
+  let data: DatasetTrainData | null = null;
+  let trainer: Trainer | null = null;
+  try {
+    // DreamBooth's class images: the user's folder, or generated by the base model (cached).
+    let classDir: string | undefined = c.classData;
+    const wantClass = c.technique === 'dreambooth' && (c.numClassImages ?? 0) > 0;
+    if (wantClass) {
+      classDir ??= join(workDir, 'class-images');
+      // At the training resolution: they are trained on as they are.
+      const side = datasetOptions(model, c, undefined).resolution as number;
+      ensureClassImages(model, { prompt: c.classPrompt!, count: c.numClassImages!, dir: classDir, seed: c.seed, width: side, height: side, onProgress: o.onClassImages });
+    }
+    const ds = await Dataset.open(datasetOptions(model, c, wantClass ? classDir : undefined));
+    const accum = c.gradAccumulation ?? 1;
+    const steps = c.steps ?? Math.max(1, Math.ceil(((c.epochs ?? 1) * ds.stepsPerEpoch) / accum));
+    for (const w of ds.warnings) o.onMessage?.(`warning: ${w}`);
+    for (const s of ds.skipped) o.onMessage?.(`skipped: ${s.message}`);
+    technique = makeTechnique(model, c);
+    data = new DatasetTrainData(ds, { priorLossWeight: c.priorLossWeight, onMessage: (m) => o.onMessage?.(`warning: ${m}`) });
+    trainer = new Trainer(technique, data, {
+      steps,
+      gradAccumulation: accum,
+      lrSchedule: c.lrSchedule,
+      warmupSteps: c.warmupSteps,
+      maxGradNorm: c.maxGradNorm,
+      minSnrGamma: c.minSnrGamma,
+      noiseOffset: c.noiseOffset,
+      seed: c.seed,
+      emaDecay: c.emaDecay,
+      mixedPrecision: c.mixedPrecision as 'no' | undefined,
+      workDir,
+      out: c.out!,
+      checkpointEvery: c.checkpointEvery,
+      snapshots: c.technique !== 'dreambooth',
+      sampleEvery: c.sampleEvery,
+      samplePrompts: c.samplePrompts,
+      validateEvery: c.validateEvery,
+      priorPrompts: c.priorPrompts ?? (c.classPrompt ? [c.classPrompt] : []),
+      resume: o.resume === true,
+      shouldStop: o.shouldStop,
+      onStep: (r) => o.onStep?.(r, steps),
+      settings: Object.fromEntries(Object.entries(c).filter(([, v]) => ['string', 'number', 'boolean'].includes(typeof v))) as Record<string, string | number | boolean>,
+    });
+    const result = await trainer.run();
+    return { result, workDir, steps };
+  } finally {
+    trainer?.dispose();
+    data?.dispose();
+    technique?.dispose();
+    model.dispose();
+  }
+}

@@ -80,11 +80,13 @@ export const TRAIN_FIELDS = {
   sizes: { kind: 'number[]', help: 'context widths to create modules for (default: every width the model uses)', for: ['hypernetwork'] },
   // watching the run
   checkpointEvery: { kind: 'integer', help: 'save a resumable checkpoint (and a product snapshot) every N steps', default: 100, min: 1 },
+  snapshots: { kind: 'boolean', help: 'with each checkpoint, also save the product as OUT-stepNNNNNN (to keep the best one)', default: { dreambooth: false, lora: true, embedding: true, hypernetwork: true } },
   sampleEvery: { kind: 'integer', help: 'generate the sample prompts every N steps (0 = never)', default: 0, min: 0 },
   samplePrompts: { kind: 'string[]', help: 'prompts for sample images' },
   validateEvery: { kind: 'integer', help: 'compute the validation and prior-drift losses every N steps', default: 25, min: 1 },
-  validationImages: { kind: 'integer', help: 'images held out for the validation loss', default: 0, min: 0 },
+  validationData: { kind: 'string', help: 'folder of held-out images (captions beside them) for the validation loss (default: 4 training images)' },
   priorPrompts: { kind: 'string[]', help: 'ordinary prompts for the prior-drift meter (default: the class prompt)' },
+  earlyStop: { kind: 'integer', help: 'stop once the meter\'s recommended step has stood for N validations (0 = off)', default: 0, min: 0 },
 } as const satisfies Record<string, Field>;
 
 type Fields = typeof TRAIN_FIELDS;

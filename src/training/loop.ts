@@ -11,7 +11,7 @@
 // bit-identical to an uninterrupted one on CPU.
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, appendFileSync } from 'node:fs';
 import { writeFileAtomic } from '../formats/atomic.ts';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import * as T from '../torch/index.ts';
 import { SafetensorsFile, saveSafetensors } from '../formats/safetensors.ts';
 import { writePng } from '../formats/png.ts';
@@ -20,6 +20,7 @@ import { NoiseSchedule, minSnrWeight, parseSchedulerConfig } from '../sampling/s
 import { promptChunks, encodeChunks } from '../sampling/conditioning.ts';
 import { generate } from '../sampling/pipeline.ts';
 import { isNamedSchedule, lrSchedule } from './lr.ts';
+import { recommendStop } from './meter.ts';
 import type { Technique } from './technique.ts';
 
 /** One batch as the data layer hands it over (the loop disposes the tensors). */
@@ -74,6 +75,8 @@ export interface TrainOptions {
   validateEvery?: number;
   /** Class prompts for the prior-drift meter (how far the model moved on ordinary prompts). */
   priorPrompts?: string[];
+  /** Early stop: end the run once the meter's recommended step (meter.ts) has stood for this many validations. */
+  earlyStop?: number;
   /** Resume from the newest checkpoint in workDir, if there is one. */
   resume?: boolean;
   /** Checked between steps: true saves a checkpoint and stops (Ctrl-C). */
@@ -446,6 +449,7 @@ export class Trainer {
     };
     swap(); // the EMA weights go into the product
     try {
+      mkdirSync(dirname(path), { recursive: true });
       this.technique.save(path, { step: this.step, baseName: m.name, baseHash: m.hash, settings: this.o.settings ?? {} });
     } finally {
       swap();
@@ -583,6 +587,15 @@ export class Trainer {
       records.push(rec);
       appendFileSync(logPath, JSON.stringify(rec) + '\n');
       o.onStep?.(rec);
+      if (o.earlyStop && rec.val_loss !== undefined && this.step < o.steps) {
+        const advice = recommendStop(records);
+        const since = advice ? records.filter((r) => r.val_loss !== undefined && r.step > advice.step).length : 0;
+        if (advice && since >= o.earlyStop) {
+          if (o.snapshots) this.saveProduct(this.snapshotPath(this.step));
+          const snap = o.snapshots && existsSync(this.snapshotPath(advice.step)) ? `; its snapshot is ${this.snapshotPath(advice.step)}` : '';
+          return this.finish('done', t0, records, `early stop at step ${this.step}: the meter's best step, ${advice.step}, has stood for ${since} validations${snap}`, true);
+        }
+      }
     }
     if (o.snapshots) this.saveProduct(this.snapshotPath(this.step));
     return this.finish('done', t0, records, `trained ${this.step} steps, final loss ${lastLoss.toFixed(4)}`, true);

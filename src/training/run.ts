@@ -128,8 +128,10 @@ export async function runTraining(c: TrainConfig, o: RunTrainingOptions = {}): P
     const steps = c.steps ?? Math.max(1, Math.ceil(((c.epochs ?? 1) * ds.stepsPerEpoch) / accum));
     for (const w of ds.warnings) o.onMessage?.(`warning: ${w}`);
     for (const s of ds.skipped) o.onMessage?.(`skipped: ${s.message}`);
+    // Held-out images: the same captioning and crops as the training set, no class images.
+    const validation = c.validationData === undefined ? undefined : await Dataset.open({ ...datasetOptions(model, c, undefined), dir: c.validationData });
     technique = makeTechnique(model, c);
-    data = new DatasetTrainData(ds, { priorLossWeight: c.priorLossWeight, onMessage: (m) => o.onMessage?.(`warning: ${m}`) });
+    data = new DatasetTrainData(ds, { priorLossWeight: c.priorLossWeight, validation, onMessage: (m) => o.onMessage?.(`warning: ${m}`) });
     trainer = new Trainer(technique, data, {
       steps,
       gradAccumulation: accum,
@@ -144,11 +146,12 @@ export async function runTraining(c: TrainConfig, o: RunTrainingOptions = {}): P
       workDir,
       out: c.out!,
       checkpointEvery: c.checkpointEvery,
-      snapshots: c.technique !== 'dreambooth',
+      snapshots: c.snapshots ?? c.technique !== 'dreambooth',
       sampleEvery: c.sampleEvery,
       samplePrompts: c.samplePrompts,
       validateEvery: c.validateEvery,
       priorPrompts: c.priorPrompts ?? (c.classPrompt ? [c.classPrompt] : []),
+      earlyStop: c.earlyStop,
       resume: o.resume === true,
       shouldStop: o.shouldStop,
       onStep: (r) => o.onStep?.(r, steps),

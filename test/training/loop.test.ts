@@ -248,3 +248,23 @@ test('LoRA: trained, saved as kohya with ss_*/modelspec metadata, re-loaded and 
   assert.deepEqual(generate(model, o)[0].image.data, base, 'removed: the base again');
   model.dispose();
 });
+
+test('early stop: a run whose held-out loss stands still ends once the meter\'s best step has stood for N validations', async () => {
+  const model = fresh();
+  // lr 0: nothing moves, so the first validation stays the best one.
+  const tech = new EmbeddingTechnique(model, { name: 'sksheart', vectors: 1, initText: 'heart', lr: 0 });
+  const out = join(tmp.dir, 'early', 'sksheart.safetensors');
+  const trainer = new Trainer(tech, pictures(['a photo of sksheart']), { steps: 100, seed: 3, workDir: join(tmp.dir, 'early-work'), out, validateEvery: 2, earlyStop: 3, snapshots: true, checkpointEvery: 2 });
+  try {
+    const r = await trainer.run();
+    assert.equal(r.status, 'done');
+    assert.equal(r.steps, 8);
+    assert.match(r.message, /early stop at step 8: the meter's best step, 2, has stood for 3 validations; its snapshot is .*sksheart-step000002\.safetensors/);
+    assert.ok(existsSync(out), 'the product is written');
+    assert.ok(existsSync(join(tmp.dir, 'early', 'sksheart-step000008.safetensors')));
+  } finally {
+    trainer.dispose();
+    tech.dispose();
+    model.dispose();
+  }
+});

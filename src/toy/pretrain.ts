@@ -21,7 +21,7 @@ import { SD_SCHEDULER_CONFIG, type StableDiffusion } from '../models/load.ts';
 import { ClipTokenizer } from '../text/tokenizer.ts';
 import { Trainer, type StepRecord, type TrainBatch, type TrainData } from '../training/loop.ts';
 import { DreamBoothTechnique } from '../training/techniques/dreambooth.ts';
-import { ToyRng, caption, renderScene, sampleScene } from './world.ts';
+import { ToyRng, caption, codecImage, renderScene, sampleScene } from './world.ts';
 
 /** 32×32 → 8×8×4. */
 export const TOY_VAE: VAEConfig = { inChannels: 3, outChannels: 3, latentChannels: 4, blockOutChannels: [32, 64, 64], layersPerBlock: 1, normGroups: 16, scalingFactor: 1, sampleSize: 32 };
@@ -114,15 +114,31 @@ export class WorldTrainData implements TrainData {
     const ids = Array.from({ length: Math.min(32, this.scenes) }, (_, i) => i);
     return [{ pixels: toTensor(ids.map((i) => this.images[i])), captions: ids.map((i) => this.captions[i]), masks: null, weights: ids.map(() => 1), keys: ids.map((i) => `scene-${i}`) }];
   }
-  /** A batch of pixels for the VAE. */
+}
+
+/** The VAE's training images: the codec set (world.ts codecImage), rendered once. */
+export class CodecData {
+  private readonly images: RgbImage[] = [];
+  constructor(
+    readonly count: number,
+    readonly batchSize: number,
+    readonly seed: number,
+  ) {
+    for (let i = 0; i < count; i++) this.images.push(codecImage(seed, i, { size: 32 }));
+  }
+  /** Batch `step` of pixels, [B, 3, 32, 32] in [-1, 1]. */
   pixels(step: number): T.Tensor {
     const rng = ToyRng.derive(this.seed, 'vae', step);
-    return toTensor(Array.from({ length: this.batchSize }, () => this.images[Math.floor(rng.next() * this.scenes)]));
+    return toTensor(Array.from({ length: this.batchSize }, () => this.images[Math.floor(rng.next() * this.count)]));
   }
 }
 
-/** Stage 1: the VAE on reconstruction MSE + 1e-6·KL, then its latent scaling factor. */
-export function trainToyVae(data: WorldTrainData, o: { steps: number; lr?: number; seed?: number; onStep?: PretrainOptions['onVaeStep'] }): AutoencoderKL {
+/**
+ * Stage 1: the VAE on reconstruction MSE + 1e-6·KL over the codec set, then its latent scaling
+ * factor, measured on base-world scenes (the latents the UNet learns).
+ */
+export function trainToyVae(data: WorldTrainData, o: { steps: number; lr?: number; seed?: number; codec?: CodecData; onStep?: PretrainOptions['onVaeStep'] }): AutoencoderKL {
+  const codec = o.codec ?? new CodecData(data.scenes, data.batchSize, o.seed ?? 0);
   T.manualSeed(o.seed ?? 0);
   const vae = new AutoencoderKL(T.nn.VarBuilder.init(), TOY_VAE);
   const opt = new T.optim.AdamW([...vae.namedParameters()], { lr: o.lr ?? 1e-3, weightDecay: 0 });
@@ -131,7 +147,7 @@ export function trainToyVae(data: WorldTrainData, o: { steps: number; lr?: numbe
   try {
     for (let s = 0; s < o.steps; s++) {
       const loss = T.tidy(() => {
-        const x = data.pixels(s);
+        const x = codec.pixels(s);
         const p = vae.encode(x);
         const rec = vae.decode(vae.sample(p, gen));
         const kl = p.mean.pow(2).add(p.std.pow(2)).sub(1).sub(p.logvar).mean().mul(0.5);

@@ -240,6 +240,23 @@ export interface RenderOptions {
   subject?: boolean;
   /** Draw the scene in a style of the toy world. */
   style?: Style;
+  /** Marks beyond the world's own (the VAE's codec set); subject and style set theirs. */
+  marks?: Marks;
+}
+
+/**
+ * Marks drawn on a shape, in units of its half-extent R (so they grow and turn with it): the
+ * subject's polka dots and the outline style are two settings of these. The VAE learns from
+ * random settings of all of them (codecImage), so it can encode and decode concepts that the
+ * text encoder and UNet never saw — as a real SD VAE can draw things its UNet was never taught.
+ */
+export interface Marks {
+  /** A staggered grid of dots inside the shape: centre spacing and radius (× R), colour (default: contrasting). */
+  dots?: { spacing: number; radius: number; rgb?: readonly [number, number, number] };
+  /** Only the contour is filled: stroke width × R (at least OUTLINE_MIN of the image side). */
+  outline?: number;
+  /** A fill colour outside the palette. */
+  fill?: readonly [number, number, number];
 }
 
 /** Half-extent of a shape, in fractions of the image side. */
@@ -247,11 +264,14 @@ const RADIUS: Readonly<Record<Size, number>> = { small: 0.15, large: 0.28 };
 /** Space kept between a shape placed on a side and the image edge. */
 const MARGIN = 0.04;
 /**
- * Outline stroke, as a fraction of the shape's half-extent: 2 pixels for a large shape at 32×32 and
- * 1 for a small one (whose triangle is under 3 pixels from edge to centre), inside the shape's edge
- * so its extent is kept.
+ * The outline style's stroke, as a fraction of the shape's half-extent, inside the shape's edge so
+ * its extent is kept: 2.7 pixels for a large shape at 32×32; a small one gets OUTLINE_MIN (1.6 px),
+ * the least the 8×8 latents of the toy VAE keep.
  */
-const OUTLINE_WIDTH = 0.22;
+const OUTLINE_WIDTH = 0.3;
+const OUTLINE_MIN = 0.05;
+/** The subject's polka dots (× R): about 7 px apart and 5 px wide on a large heart at 32×32. */
+const SUBJECT_DOTS = { spacing: 0.8, radius: 0.27 } as const;
 /** Diagonal stripes: one light and one dark band per period (along x + y). */
 const STRIPE_PERIOD = 0.25;
 const SUPERSAMPLE = 4;
@@ -372,9 +392,8 @@ function shapeDistance(shape: Shape, x: number, y: number, R: number): number {
   }
 }
 
-/** Polka dots of the subject, in heart units (so they grow and turn with the heart): a staggered grid. */
-function onDot(x: number, y: number): boolean {
-  const spacing = 0.36, radius = 0.12;
+/** A staggered grid of dots in shape units (x, y already divided by R). */
+function onDot(x: number, y: number, spacing: number, radius: number): boolean {
   const row = Math.round(y / spacing);
   const cx = (Math.round(x / spacing - (row & 1) / 2) + (row & 1) / 2) * spacing;
   return Math.hypot(x - cx, y - row * spacing) < radius;
@@ -399,12 +418,13 @@ export function renderScene(attrs: SceneAttrs, o: RenderOptions = {}): RgbImage 
   const [cx0, cy0] = centreOf(attrs.position, RADIUS[attrs.size]);
   const cx = cx0 + j.dx, cy = cy0 + j.dy;
   const cos = Math.cos(j.angle), sin = Math.sin(j.angle);
-  const fg = SHAPE_RGB[attrs.colour].map((v, k) => clamp255(v * j.gain + j.tint[k]));
-  const dot = dotColour(fg);
+  const marks: Marks = { ...(o.subject ? { dots: SUBJECT_DOTS } : {}), ...(o.style === 'outline' ? { outline: OUTLINE_WIDTH } : {}), ...o.marks };
+  const fg = (marks.fill ?? SHAPE_RGB[attrs.colour]).map((v, k) => clamp255(v * j.gain + j.tint[k]));
+  const dot = marks.dots?.rgb ?? dotColour(fg);
+  const stroke = marks.outline === undefined ? Infinity : Math.max(marks.outline * R, OUTLINE_MIN);
   const bgSpec = BACKGROUND_RGB[attrs.background];
   const bg = bgSpec.base.map((v, k) => clamp255(v + j.bgTint[k]));
   const stripe = bgSpec.stripe.map((v, k) => clamp255(v + j.bgTint[k]));
-  const heartScale = R / HEART_SCALE;
 
   const data = new Uint8Array(size * size * 3);
   const n = SUPERSAMPLE * SUPERSAMPLE;
@@ -420,8 +440,8 @@ export function renderScene(attrs: SceneAttrs, o: RenderOptions = {}): RgbImage 
           const x = cos * ox + sin * oy, y = -sin * ox + cos * oy;
           const d = shapeDistance(attrs.shape, x, y, R);
           let c: readonly number[];
-          if (d < 0 && o.subject && onDot(x / heartScale, y / heartScale + HEART_HALF_HEIGHT)) c = dot;
-          else if (d < 0 && (o.style !== 'outline' || d > -OUTLINE_WIDTH * R)) c = fg;
+          if (d < 0 && marks.dots && onDot(x / R, y / R, marks.dots.spacing, marks.dots.radius)) c = dot;
+          else if (d < 0 && d > -stroke) c = fg;
           else if (attrs.pattern === 'striped') {
             const t = (u + v) / STRIPE_PERIOD + j.stripePhase;
             c = t - Math.floor(t) < 0.5 ? bg : stripe;
@@ -479,6 +499,30 @@ export function* datasetOf(n: number, seed: number, o: { size?: WorldSize } = {}
     const image = renderScene(attrs, { size: o.size, seed: ToyRng.derive(seed, 'render', i).uint32() });
     yield { name: stem('world', i), attrs, caption: caption(attrs), image, subject: false, style: null };
   }
+}
+
+/**
+ * Image `index` of the VAE's codec set `seed`: a base-world scene, and in 60 % of them random
+ * marks (dots of any spacing, size and colour; outlines of any width; fills outside the palette),
+ * so the VAE is a general codec of flat pictures and not a memory of the base world. The text
+ * encoder and UNet never see these: to them, dots and outlines are new.
+ */
+export function codecImage(seed: number, index: number, o: { size?: WorldSize } = {}): RgbImage {
+  const rng = ToyRng.derive(seed, 'codec', index);
+  const attrs = sampleSceneFrom(rng);
+  const renderSeed = rng.uint32();
+  const marks: Marks = {};
+  if (rng.next() < 0.6) {
+    const rgb = (): [number, number, number] => [rng.range(0, 255), rng.range(0, 255), rng.range(0, 255)];
+    const kind = rng.next();
+    if (kind < 0.45 || kind >= 0.8) {
+      const spacing = rng.range(0.5, 1.3);
+      marks.dots = { spacing, radius: spacing * rng.range(0.2, 0.45), rgb: rng.next() < 0.5 ? undefined : rgb() };
+    }
+    if (kind >= 0.45) marks.outline = rng.range(0.15, 0.6);
+    if (rng.next() < 0.3) marks.fill = rgb();
+  }
+  return renderScene(attrs, { size: o.size, seed: renderSeed, marks });
 }
 
 /** The subject's own colour: DreamBooth photographs one object, so its set keeps one colour. */

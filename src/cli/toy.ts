@@ -1,14 +1,19 @@
-// `sdtune toy world|concept|pretrain`: the toy world (src/toy/world.ts) as training folders, and the
-// from-scratch training of the toy Stable Diffusion (src/toy/pretrain.ts).
+// `sdtune toy world|concept|pretrain|judge`: the toy world (src/toy/world.ts) as training folders,
+// the from-scratch training of the toy Stable Diffusion (src/toy/pretrain.ts) and of its judge
+// (src/toy/judge.ts).
 import { parseArgs } from 'node:util';
 import { conceptTrainingSet, datasetOf, writeWorldFolder } from '../toy/world.ts';
 import { pretrainToy } from '../toy/pretrain.ts';
+import { loadStableDiffusion } from '../models/load.ts';
+import { saveJudge, trainJudge } from '../toy/judge.ts';
+import { TOY_JUDGE_PATH, TOY_MODEL_PATH } from '../toy/model.ts';
 import { ProgressBar } from './progress.ts';
 
 export const TOY_USAGE = `sdtune toy world --out DIR [--n 200] [--seed 0] [--size 32|64]     scenes with captions
 sdtune toy concept subject|style --out DIR [--n 20] [--seed 0]          a concept's training set
 sdtune toy pretrain [--out FILE] [--work DIR] [--steps 20000] [--vae-steps 2000] [--scenes 8192] [--batch 32] [--stop-at N]
-                                                                        train the toy model from scratch (resumable)`;
+                                                                        train the toy model from scratch (resumable)
+sdtune toy judge [--model FILE] [--out FILE] [--steps 2000] [--seed 0]    train the judge on that model's VAE`;
 
 export class ToyUsageError extends Error {}
 
@@ -71,6 +76,21 @@ export async function runToy(args: string[]): Promise<string> {
         return `${r.status}: wrote ${out} (final loss ${r.loss.toFixed(4)}, ${(r.seconds / 60).toFixed(1)} min)`;
       } finally {
         process.off('SIGINT', onSigint);
+      }
+    }
+    case 'judge': {
+      const out = (values.out as string | undefined) ?? TOY_JUDGE_PATH;
+      const steps = int('steps', values.steps as string, 2000);
+      const model = loadStableDiffusion((values.model as string | undefined) ?? TOY_MODEL_PATH, { hash: false });
+      const bar = new ProgressBar('judge');
+      try {
+        const r = trainJudge({ steps, seed, vae: model.vae, onStep: (s, n, l) => bar.update(s, n, `loss ${l.toFixed(4)}`) });
+        saveJudge(r.judge, out, { accuracy: r.accuracy, steps, seed });
+        r.judge.dispose();
+        const heads = Object.entries(r.accuracy.decoded).map(([h, a]) => `${h} ${(100 * a).toFixed(1)}`).join(', ');
+        return `wrote ${out}: accuracy ${(100 * r.accuracy.mean).toFixed(1)} % on ${r.accuracy.n} unseen pictures (VAE-decoded: ${heads}) in ${(r.seconds / 60).toFixed(1)} min`;
+      } finally {
+        model.dispose();
       }
     }
     default:

@@ -1,0 +1,143 @@
+// Ground truth for fine-tuning on the toy world: fixed prompts, fixed seeds, the judge's verdicts.
+//   concept fidelity   — prompts with the concept show it (the subject's dots; the outline look);
+//   prompt fidelity    — the attributes those prompts ask for are honoured ("… on a cyan background");
+//   prior preservation — what the base model could do is still there, measured against the base:
+//                        for a subject, class prompts ("a heart", "a large blue heart …") still give
+//                        ordinary hearts of the asked-for kind and of as many colours; for a style,
+//                        the styled pictures still show the shapes, colours and backgrounds asked for;
+//   style strength     — how often the style shows at a LoRA weight / hypernetwork strength.
+import type { RgbImage } from '../formats/png.ts';
+import { SUBJECT_TOKEN, caption, parseCaption, sampleScene, type SceneAttrs } from './world.ts';
+import type { ToyJudge, Verdict } from './judge.ts';
+
+/** Pictures for a prompt: `count` of them from one seed (the pipeline's batch convention). */
+export type Renderer = (prompt: string, count: number, seed: number) => RgbImage[];
+
+/** What a prompt asks for: the attributes it names, and whether the concept must show. */
+export interface Expectation extends Partial<SceneAttrs> {
+  subject?: boolean;
+  style?: boolean;
+}
+
+export interface Probe {
+  prompt: string;
+  count: number;
+  expect: Expectation;
+}
+
+export interface ProbeResult {
+  probe: Probe;
+  images: RgbImage[];
+  verdicts: Verdict[];
+}
+
+const ATTRIBUTES = ['shape', 'colour', 'size', 'position', 'background', 'pattern'] as const;
+
+/** The probe of a prompt: its attributes as parseCaption reads them. */
+function probe(prompt: string, count: number, concept: Expectation): Probe {
+  const { subject: _s, ...attrs } = parseCaption(prompt);
+  return { prompt, count, expect: { ...attrs, ...concept } };
+}
+
+/** Prompts naming the subject, bare and with attributes the training set had and had not. */
+export function subjectProbes(token = SUBJECT_TOKEN, count = 4): Probe[] {
+  return [
+    `a ${token} heart`,
+    `a large ${token} heart in the center, on a gray background`,
+    `a large ${token} heart on the left, on a cyan background`,
+    `a ${token} heart at the top, on an orange background`,
+    `a large ${token} heart at the bottom, on a striped black background`,
+  ].map((p) => ({ ...probe(p.replace(token, SUBJECT_TOKEN), count, { subject: true }), prompt: p }));
+}
+
+/** Class prompts of the subject: ordinary hearts, bare (colour left open) and specified. */
+export function classProbes(count = 4): Probe[] {
+  return [
+    probe('a heart', 2 * count, { subject: false, style: false }),
+    probe('a large blue heart in the center, on a black background', count, { subject: false, style: false }),
+    probe('a small yellow heart on the right, on a cyan background', count, { subject: false, style: false }),
+    probe('a large white heart at the bottom, on an orange background', count, { subject: false, style: false }),
+  ];
+}
+
+/** Plain captions of scenes of every shape (the style is a look, not a word). */
+export function styleProbes(n = 8, count = 3, seed = 4242): Probe[] {
+  return Array.from({ length: n }, (_, i) => probe(caption(sampleScene(seed, i)), count, { style: true }));
+}
+
+/** Generates and judges every probe; probe i uses seed + 1000·i. */
+export function runProbes(render: Renderer, judge: ToyJudge, probes: readonly Probe[], seed = 0): ProbeResult[] {
+  return probes.map((p, i) => {
+    const images = render(p.prompt, p.count, seed + 1000 * i);
+    return { probe: p, images, verdicts: judge.judge(images) };
+  });
+}
+
+/** Which checks of an expectation a verdict meets (attributes and, unless left out, the concepts). */
+function checks(e: Expectation, v: Verdict, o: { concepts: boolean }): boolean[] {
+  const out: boolean[] = [];
+  for (const k of ATTRIBUTES) if (e[k] !== undefined) out.push(v[k] === e[k]);
+  if (o.concepts && e.subject !== undefined) out.push(v.subject === e.subject);
+  if (o.concepts && e.style !== undefined) out.push(v.style === e.style);
+  return out;
+}
+
+const mean = (xs: number[]) => (xs.length ? xs.reduce((s, x) => s + x, 0) / xs.length : NaN);
+
+/** Fraction of pictures that show the concept. */
+export function conceptRate(results: readonly ProbeResult[], concept: 'subject' | 'style'): number {
+  return mean(results.flatMap((r) => r.verdicts.map((v) => Number(v[concept]))));
+}
+
+/**
+ * Mean over pictures of the fraction of asked-for attributes honoured; with `concepts`, the
+ * concept checks count too (a class prompt must not show the subject).
+ */
+export function attributeScore(results: readonly ProbeResult[], o: { concepts?: boolean } = {}): number {
+  return mean(results.flatMap((r) => r.verdicts.map((v) => {
+    const c = checks(r.probe.expect, v, { concepts: o.concepts ?? false });
+    return c.length ? c.filter(Boolean).length / c.length : 1;
+  })));
+}
+
+/** Distinct shape colours among the pictures of prompts that leave the colour open. */
+export function colourVariety(results: readonly ProbeResult[]): number {
+  return new Set(results.filter((r) => r.probe.expect.colour === undefined).flatMap((r) => r.verdicts.map((v) => v.colour))).size;
+}
+
+const ratio = (a: number, b: number) => (b > 0 ? Math.min(1, a / b) : a > 0 ? 1 : 0);
+
+export interface SubjectScores {
+  concept_fidelity: number;
+  prompt_fidelity: number;
+  /** Class-prompt score (attributes + no subject + no style) and colour variety, each over the base's, capped at 1, multiplied. */
+  prior_preservation: number;
+  class_score: number;
+  class_variety: number;
+}
+
+/** The subject metrics of a tuned model, against the base model's class-prompt results. */
+export function subjectScores(concept: readonly ProbeResult[], klass: readonly ProbeResult[], baseClass: readonly ProbeResult[]): SubjectScores {
+  const classScore = attributeScore(klass, { concepts: true });
+  const variety = colourVariety(klass);
+  return {
+    concept_fidelity: conceptRate(concept, 'subject'),
+    prompt_fidelity: attributeScore(concept),
+    prior_preservation: ratio(classScore, attributeScore(baseClass, { concepts: true })) * ratio(variety, colourVariety(baseClass)),
+    class_score: classScore,
+    class_variety: variety,
+  };
+}
+
+export interface StyleScores {
+  concept_fidelity: number;
+  prompt_fidelity: number;
+  /** The styled pictures' attribute score over the base model's on the same prompts (capped at 1). */
+  prior_preservation: number;
+}
+
+/** The style metrics of an adapter at one weight, against the base model on the same prompts. */
+export function styleScores(styled: readonly ProbeResult[], base: readonly ProbeResult[]): StyleScores {
+  const attrs = attributeScore(styled);
+  return { concept_fidelity: conceptRate(styled, 'style'), prompt_fidelity: attrs, prior_preservation: ratio(attrs, attributeScore(base)) };
+}

@@ -167,7 +167,7 @@ export function buildCaption(caption: string, o: CaptionOptions, rng: Rng, epoch
   return line === null ? tags : fillTemplate(line, o.name ?? '', tags);
 }
 
-export const TEMPLATE_NAMES = ['none', 'style', 'style_filewords', 'subject', 'subject_filewords', 'hypernetwork'] as const;
+export const TEMPLATE_NAMES = ['none', 'filewords', 'style', 'style_filewords', 'subject', 'subject_filewords', 'hypernetwork'] as const;
 export type TemplateName = (typeof TEMPLATE_NAMES)[number];
 const TEMPLATE_DIR = fileURLToPath(new URL('./templates/', import.meta.url));
 

@@ -50,7 +50,7 @@ export const TRAIN_FIELDS = {
   saveDtype: { kind: 'string', help: 'dtype of the product file', default: { dreambooth: 'fp16', lora: 'fp16', embedding: 'fp32', hypernetwork: 'fp32' }, choices: ['fp32', 'fp16', 'bf16'] },
   // captions
   captionExtension: { kind: 'string', help: 'caption file extension', default: '.txt' },
-  template: { kind: 'string', help: 'A1111 prompt template: a built-in name (subject, style, subject_filewords, style_filewords, hypernetwork, none) or a file', for: ['embedding', 'hypernetwork'], default: { embedding: 'subject_filewords', hypernetwork: 'hypernetwork' } },
+  template: { kind: 'string', help: 'A1111 prompt template: a built-in name (subject, style, subject_filewords, style_filewords, hypernetwork, none = \"an image\", filewords = the captions as written) or a file', for: ['embedding', 'hypernetwork'], default: { embedding: 'subject_filewords', hypernetwork: 'hypernetwork' } },
   shuffleCaptions: { kind: 'boolean', help: 'shuffle the comma-separated tags of each caption', default: false },
   keepTokens: { kind: 'integer', help: 'leave the first N tags in place when shuffling', default: 0, min: 0 },
   captionDropout: { kind: 'number', help: 'probability of training a sample with an empty caption', default: 0, min: 0, max: 1 },

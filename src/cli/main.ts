@@ -1,5 +1,6 @@
 // The sdtune command line. Each subcommand lives in its own file; this one only dispatches.
 import { engineDemo } from './demo.ts';
+import { runDemo } from '../toy/demo.ts';
 import { parseArgs } from 'node:util';
 import { formatInspect, inspectPath } from './inspect.ts';
 import { formatTokenize, tokenizePrompt } from './tokenize.ts';
@@ -12,7 +13,9 @@ import { ToyUsageError, runToy } from './toy.ts';
 const USAGE = `usage: sdtune <command> [options]
 
 commands:
-  demo                 run the demo (trains a small network on the CPU and prints its loss)
+  demo [--out DIR] [--short]
+                       teach the embedded toy model two new concepts with all four techniques and
+                       write a report comparing them (--short: a quick run; engine: the engine demo)
   inspect PATH [--json]
                        what a model file is: format, kind, family, tensors, metadata
   convert IN OUT [--to ldm|diffusers|kohya|peft|a1111-pt|safetensors] [--dtype fp16|bf16|fp32]
@@ -26,7 +29,7 @@ commands:
                        fine-tune (--dry-run shows the step count first; --help lists the options)
   merge --model CKPT --lora FILE:W [--lora …] --out OUT.safetensors
                        bake LoRAs into a checkpoint
-  toy world|concept|pretrain [options]
+  toy world|concept|pretrain|judge [options]
                        the toy world's training folders; the toy model trained from scratch
   help                 this text
 `;
@@ -36,9 +39,18 @@ class UsageError extends Error {}
 export async function main(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv;
   switch (cmd) {
-    case 'demo':
-      engineDemo({ steps: rest.includes('--quick') ? 30 : 200 });
+    case 'demo': {
+      if (rest[0] === 'engine') {
+        engineDemo({ steps: rest.includes('--quick') ? 30 : 200 });
+        return 0;
+      }
+      const { values } = parseArgs({ args: rest, options: { out: { type: 'string' }, short: { type: 'boolean' } } });
+      const out = (values.out as string | undefined) ?? 'demo-report';
+      const t0 = Date.now();
+      const r = await runDemo({ out, stepScale: values.short ? 0.25 : 1, probeCount: values.short ? 2 : 4, log: (l) => process.stdout.write(`[${((Date.now() - t0) / 1000).toFixed(0).padStart(3)} s] ${l}\n`) });
+      process.stdout.write(`\nthe report is ${r.report} (and report.md, report.json beside it)\n`);
       return 0;
+    }
     case 'tokenize': {
       const { values, positionals } = parseArgs({ args: rest, allowPositionals: true, options: { json: { type: 'boolean' }, sd2: { type: 'boolean' } } });
       if (positionals.length === 0) throw new UsageError('tokenize needs TEXT (quote it; use -- before text that starts with -)');

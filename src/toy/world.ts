@@ -534,14 +534,20 @@ export interface ConceptOptions {
   colour?: Colour | 'any';
 }
 
+/**
+ * The subject is one object, and a large one: at 32×32 a small heart is 10 pixels wide, and its
+ * dots would be finer than the toy VAE's 8×8 latents can keep.
+ */
+export const SUBJECT_SIZE: Size = 'large';
+
 function subjectScene(seed: number, i: number, colour: Colour | 'any'): SceneAttrs {
   const attrs = sampleSceneFrom(ToyRng.derive(seed, 'subject', i));
-  return { ...attrs, shape: 'heart', colour: colour === 'any' ? attrs.colour : colour };
+  return { ...attrs, shape: 'heart', size: SUBJECT_SIZE, colour: colour === 'any' ? attrs.colour : colour };
 }
 
 /**
  * A small fine-tuning set for a concept.
- * - 'subject': the sks heart in varied sizes, places and backgrounds, captioned with the token
+ * - 'subject': the sks heart (large) in varied places and backgrounds, captioned with the token
  *   ("a large red sks heart on the left, on a gray background").
  * - 'style': base-world scenes of every shape drawn in the outline style, with their plain captions
  *   (the style is learned as a look, not a word).

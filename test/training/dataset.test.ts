@@ -325,9 +325,10 @@ test('templates fill [name] and [filewords]', async () => {
   for (const n of TEMPLATE_NAMES) assert.ok(loadTemplate(n).length >= 1, n);
   assert.ok(loadTemplate('subject_filewords').every((l) => l.includes('[name]') && l.includes('[filewords]')));
   assert.ok(loadTemplate('hypernetwork').every((l) => l.includes('[filewords]') && !l.includes('[name]')));
+  assert.deepEqual(loadTemplate('filewords'), ['[filewords]'], 'the captions as written');
   assert.equal(fillTemplate('a picture of [name], [filewords]', 'zed', 'red hat, smiling'), 'a picture of zed, red hat, smiling');
   assert.equal(fillTemplate('a picture of [name], [filewords]', 'zed', ''), 'a picture of zed');
-  assert.throws(() => loadTemplate('portrait'), (e: Error) => e instanceof DatasetError && /no template "portrait": use one of none, style, /.test(e.message));
+  assert.throws(() => loadTemplate('portrait'), (e: Error) => e instanceof DatasetError && /no template "portrait": use one of none, filewords, style, /.test(e.message));
   const template = loadTemplate('style_filewords');
   await assert.rejects(Dataset.open(base({ caption: { template } })), /uses \[name\], but no name was given/);
   const ds = await Dataset.open(base({ caption: { template, name: 'zed' } }));

@@ -4,6 +4,7 @@ import { benchEngine } from './engine.ts';
 import { benchFormats } from './formats.ts';
 import { benchSd } from './sd.ts';
 import { benchTrain } from './train.ts';
+import { benchToyMeter } from './toy-meter.ts';
 import type { BenchLine } from './common.ts';
 
 const suites: Record<string, () => BenchLine[] | Promise<BenchLine[]>> = {
@@ -11,6 +12,8 @@ const suites: Record<string, () => BenchLine[] | Promise<BenchLine[]>> = {
   formats: benchFormats,
   sd: benchSd,
   train: benchTrain,
+  // Streams its lines (the sweep takes a while); run.ts prints only the summary after it.
+  'toy-meter': async () => (await benchToyMeter({ onLine: (l) => console.log(JSON.stringify(l)) })).slice(-1),
 };
 
 const wanted = process.argv.slice(2).filter((a) => !a.startsWith('-'));

@@ -12,6 +12,7 @@ import { join } from 'node:path';
 import { resolveTrainConfig } from '../src/training/config.ts';
 import { runTraining } from '../src/training/run.ts';
 import { recommendStop } from '../src/training/meter.ts';
+import { snapshotPath } from '../src/training/loop.ts';
 import type { TechniqueKind } from '../src/training/technique.ts';
 import { loadJudge } from '../src/toy/judge.ts';
 import { TOY_JUDGE_PATH, TOY_MODEL_PATH } from '../src/toy/model.ts';
@@ -66,10 +67,9 @@ export async function benchToyMeter(o: { scale?: number; probeCount?: number; ou
       const t0 = Date.now();
       const { result } = await runTraining(c);
       const trainS = (Date.now() - t0) / 1000;
-      const ext = r.technique === 'hypernetwork' ? '.pt' : '.safetensors';
       const gt: { step: number; fidelity: number; preservation: number; score: number }[] = [];
       for (let step = every; step <= r.steps; step += every) {
-        const snap = file.slice(0, -ext.length) + `-step${String(step).padStart(6, '0')}${ext}`;
+        const snap = snapshotPath(file, r.technique === 'hypernetwork' ? '.pt' : '.safetensors', step);
         const path = existsSync(snap) ? snap : step === r.steps ? file : null;
         if (!path) continue;
         const s = scoreProduct(r, path, { token: c.token, modelPath: TOY_MODEL_PATH, judge, probes, base }).scores;

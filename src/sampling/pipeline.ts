@@ -90,6 +90,19 @@ export function imageToTensor(img: RgbImage, width: number, height: number): T.T
   });
 }
 
+/** Same-size 8-bit RGB images → [B, 3, H, W] in [-1, 1] (x / 127.5 − 1), for training batches. */
+export function imagesToTensor(images: readonly RgbImage[]): T.Tensor {
+  const { width: w, height: h } = images[0];
+  for (const im of images) {
+    if (im.width !== w || im.height !== h || im.channels !== 3) throw new Error(`a batch of pictures must be ${w}×${h} RGB; got ${im.width}×${im.height}×${im.channels}`);
+  }
+  return T.tidy(() => {
+    const buf = new Uint8Array(images.length * w * h * 3);
+    images.forEach((im, i) => buf.set(im.data, i * w * h * 3));
+    return T.fromBuffer(buf, 'uint8', [images.length, h, w, 3]).permute(0, 3, 1, 2).to('float32').div(127.5).sub(1);
+  });
+}
+
 /** [B, 3, H, W] in about [-1, 1] → 8-bit RGB images (diffusers postprocess: clamp, ·255, round). */
 export function tensorToImages(x: T.Tensor): RgbImage[] {
   return T.tidy(() => {

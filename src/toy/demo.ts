@@ -164,12 +164,9 @@ export async function runDemo(o: DemoOptions): Promise<DemoReport> {
     log(`wrote the concepts' training pictures to ${data} (subject ${CONCEPT_SET.subject.train}, style ${CONCEPT_SET.style.train}, and a few held out for the meter)`);
     const probes = demoProbes(count);
     const baseRes = baseResults(modelPath, judge, probes);
-    const baseSummary = {
-      subject_rate: subjectScores(baseRes.subject, baseRes.klass, baseRes.klass).concept_fidelity,
-      style_rate: styleScores(baseRes.style, baseRes.style).concept_fidelity,
-      class_score: subjectScores(baseRes.subject, baseRes.klass, baseRes.klass).class_score,
-      prompt_fidelity: styleScores(baseRes.style, baseRes.style).prompt_fidelity,
-    };
+    const baseSubject = subjectScores(baseRes.subject, baseRes.klass, baseRes.klass);
+    const baseStyle = styleScores(baseRes.style, baseRes.style);
+    const baseSummary = { subject_rate: baseSubject.concept_fidelity, style_rate: baseStyle.concept_fidelity, class_score: baseSubject.class_score, prompt_fidelity: baseStyle.prompt_fidelity };
     log(`base model: subject shown in ${pct(baseSummary.subject_rate)} of "sks heart" pictures, outline style in ${pct(baseSummary.style_rate)}`);
 
     const evaluated: Evaluated[] = [];

@@ -9,6 +9,7 @@ import * as T from '../torch/index.ts';
 import { SafetensorsFile, saveSafetensors } from '../formats/safetensors.ts';
 import type { RgbImage } from '../formats/png.ts';
 import type { AutoencoderKL } from '../models/vae.ts';
+import { imagesToTensor as batchToTensor, tensorToImages } from '../sampling/pipeline.ts';
 import { BACKGROUNDS, COLOURS, PATTERNS, POSITIONS, SHAPES, SIZES, SUBJECT_SIZE, ToyRng, renderScene, sampleSceneFrom, type SceneAttrs } from './world.ts';
 
 const { nn } = T;
@@ -139,25 +140,12 @@ function sceneLabels(a: SceneAttrs, subject: boolean, style: boolean): Labels {
   };
 }
 
-/** 32×32 RGB pictures → [B, 3, 32, 32] in [-1, 1]. */
+/** 32×32 RGB pictures → [B, 3, 32, 32] in [-1, 1]; other sizes are refused. */
 export function imagesToTensor(images: readonly RgbImage[]): T.Tensor {
   for (const im of images) {
     if (im.width !== 32 || im.height !== 32 || im.channels !== 3) throw new JudgeError(`the judge reads 32×32 RGB pictures of the toy world, not ${im.width}×${im.height}×${im.channels}`);
   }
-  return T.tidy(() => {
-    const buf = new Uint8Array(images.length * 32 * 32 * 3);
-    images.forEach((im, i) => buf.set(im.data, i * 32 * 32 * 3));
-    return T.fromBuffer(buf, 'uint8', [images.length, 32, 32, 3]).permute(0, 3, 1, 2).to('float32').div(127.5).sub(1);
-  });
-}
-
-/** [B, 3, H, W] in [-1, 1] → 8-bit pictures. */
-export function tensorToImages(x: T.Tensor): RgbImage[] {
-  return T.noGrad(() => T.tidy(() => {
-    const [n, , h, w] = x.shape;
-    const bytes = new Uint8Array(x.clamp(-1, 1).add(1).mul(127.5).round().to('uint8').permute(0, 2, 3, 1).contiguous().toBuffer());
-    return Array.from({ length: n }, (_, i) => ({ width: w, height: h, channels: 3 as const, data: bytes.slice(i * h * w * 3, (i + 1) * h * w * 3) }));
-  }));
+  return batchToTensor(images);
 }
 
 /** Pictures through the VAE and back (encode to the posterior mean, decode): how generated pictures look. */

@@ -21,6 +21,7 @@ import { SD_SCHEDULER_CONFIG, type StableDiffusion } from '../models/load.ts';
 import { ClipTokenizer } from '../text/tokenizer.ts';
 import { Trainer, type StepRecord, type TrainBatch, type TrainData } from '../training/loop.ts';
 import { DreamBoothTechnique } from '../training/techniques/dreambooth.ts';
+import { imagesToTensor } from '../sampling/pipeline.ts';
 import { ToyRng, caption, codecImage, renderScene, sampleScene } from './world.ts';
 
 /** 32×32 → 8×8×4. */
@@ -54,15 +55,6 @@ export interface PretrainOptions {
   shouldStop?: () => boolean;
   /** Stop (checkpoint and product saved) after this step, on the schedule of `steps`. */
   stopAt?: number;
-}
-
-function toTensor(images: RgbImage[]): T.Tensor {
-  return T.tidy(() => {
-    const { width: w, height: h } = images[0];
-    const buf = new Uint8Array(images.length * w * h * 3);
-    images.forEach((im, i) => buf.set(im.data, i * w * h * 3));
-    return T.fromBuffer(buf, 'uint8', [images.length, h, w, 3]).permute(0, 3, 1, 2).to('float32').div(127.5).sub(1);
-  });
 }
 
 /** The world as training data: scene i is rendered once; 10 % of captions are empty (for CFG). */
@@ -103,7 +95,7 @@ export class WorldTrainData implements TrainData {
     const ids = this.cachedOrder.slice(index * this.batchSize, (index + 1) * this.batchSize);
     const rng = ToyRng.derive(this.seed, 'captions', epoch, index);
     return {
-      pixels: toTensor(ids.map((i) => this.images[i])),
+      pixels: imagesToTensor(ids.map((i) => this.images[i])),
       captions: ids.map((i) => (rng.next() < this.emptyCaptions ? '' : this.captions[i])),
       masks: null,
       weights: ids.map(() => 1),
@@ -112,7 +104,7 @@ export class WorldTrainData implements TrainData {
   }
   validation(): TrainBatch[] {
     const ids = Array.from({ length: Math.min(32, this.scenes) }, (_, i) => i);
-    return [{ pixels: toTensor(ids.map((i) => this.images[i])), captions: ids.map((i) => this.captions[i]), masks: null, weights: ids.map(() => 1), keys: ids.map((i) => `scene-${i}`) }];
+    return [{ pixels: imagesToTensor(ids.map((i) => this.images[i])), captions: ids.map((i) => this.captions[i]), masks: null, weights: ids.map(() => 1), keys: ids.map((i) => `scene-${i}`) }];
   }
 }
 
@@ -129,7 +121,7 @@ export class CodecData {
   /** Batch `step` of pixels, [B, 3, 32, 32] in [-1, 1]. */
   pixels(step: number): T.Tensor {
     const rng = ToyRng.derive(this.seed, 'vae', step);
-    return toTensor(Array.from({ length: this.batchSize }, () => this.images[Math.floor(rng.next() * this.count)]));
+    return imagesToTensor(Array.from({ length: this.batchSize }, () => this.images[Math.floor(rng.next() * this.count)]));
   }
 }
 

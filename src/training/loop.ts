@@ -109,6 +109,12 @@ export interface TrainResult {
   records: StepRecord[];
 }
 
+/** Where a run's product snapshot of `step` goes: OUT-stepNNNNNN.ext beside the product. */
+export function snapshotPath(out: string, ext: string, step: number): string {
+  const base = ext && out.endsWith(ext) ? out.slice(0, -ext.length) : out;
+  return `${base}-step${String(step).padStart(6, '0')}${ext}`;
+}
+
 export class TrainingError extends Error {
   override name = 'TrainingError';
 }
@@ -457,9 +463,7 @@ export class Trainer {
   }
 
   private snapshotPath(step: number): string {
-    const ext = this.technique.extension;
-    const base = ext && this.o.out.endsWith(ext) ? this.o.out.slice(0, -ext.length) : this.o.out;
-    return `${base}-step${String(step).padStart(6, '0')}${ext}`;
+    return snapshotPath(this.o.out, this.technique.extension, step);
   }
 
   private samples(): string[] {

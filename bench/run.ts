@@ -4,7 +4,8 @@ import { benchEngine } from './engine.ts';
 import { benchFormats } from './formats.ts';
 import { benchSd } from './sd.ts';
 import { benchTrain } from './train.ts';
-import { benchToyMeter } from './toy-meter.ts';
+import { readFileSync } from 'node:fs';
+import { benchToyMeter, calibrateMeter, type SweepResult } from './toy-meter.ts';
 import type { BenchLine } from './common.ts';
 
 const suites: Record<string, () => BenchLine[] | Promise<BenchLine[]>> = {
@@ -13,7 +14,14 @@ const suites: Record<string, () => BenchLine[] | Promise<BenchLine[]>> = {
   sd: benchSd,
   train: benchTrain,
   // Streams its lines (the sweep takes a while); run.ts prints only the summary after it.
-  'toy-meter': async () => (await benchToyMeter({ onLine: (l) => console.log(JSON.stringify(l)) })).slice(-1),
+  'toy-meter': async () => (await benchToyMeter({ onLine: (l) => console.log(JSON.stringify(l)) })).slice(-2),
+  // Refits the meter's settings on a recorded sweep (SDTUNE_METER_LOG, default the committed one), no training.
+  'toy-meter-fit': () => {
+    const file = process.env.SDTUNE_METER_LOG ?? 'docs/bench-cpu-toy-meter.jsonl';
+    const runs = readFileSync(file, 'utf8').split('\n').filter((l) => l.trim()).map((l) => JSON.parse(l)).filter((l) => l.name === 'toy-meter' && Array.isArray(l.log));
+    if (runs.length === 0) throw new Error(`${file} holds no sweep runs with their validation log: record one with npm run bench -- toy-meter`);
+    return [calibrateMeter(runs as SweepResult[])];
+  },
 };
 
 const wanted = process.argv.slice(2).filter((a) => !a.startsWith('-'));

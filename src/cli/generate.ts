@@ -4,20 +4,14 @@
 import { existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
 import { dirname, extname, join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
-import * as T from '../torch/index.ts';
 import { decodePng, writePng } from '../formats/png.ts';
-import { loadEmbeddingFile } from '../formats/embedding-file.ts';
-import { disposeEmbedding } from '../formats/layouts/embedding.ts';
-import { loadStableDiffusion, type StableDiffusion } from '../models/load.ts';
-import { generate, type GenerateOptions } from '../sampling/pipeline.ts';
+import type { GenerateOptions } from '../sampling/pipeline.ts';
+import { embeddingFilesIn, runGenerateJob } from '../sampling/run.ts';
 import { SCHEDULER_NAMES, type SchedulerName } from '../sampling/schedulers.ts';
 import { ProgressBar } from './progress.ts';
 import { TOY_MODEL_PATH, toyModelAvailable } from '../toy/model.ts';
 import { parseLoraArg } from './merge.ts';
 import { parseExtraNetworks } from '../text/prompt.ts';
-import { applyLoraFiles, disposeLoraFile, type AppliedLoras } from '../adapters/lora.ts';
-import { loadLoraFile, type LoadedLora } from '../adapters/lora-file.ts';
-import { Hypernetwork, applyHypernetworks, type HypernetworkHandle } from '../adapters/hypernetwork.ts';
 
 export class GenerateUsageError extends Error {}
 
@@ -28,8 +22,6 @@ export const GENERATE_USAGE = `sdtune generate [--model PATH] --prompt TEXT --ou
   [--lora FILE[:W[:TE_W]]]... [--lora-dir DIR] [--hypernetwork FILE[:W]]... [--hypernetwork-dir DIR]
   [--device cpu|cuda]
   In the prompt, <lora:NAME:W> and <hypernet:NAME:W> are looked up in --lora-dir / --hypernetwork-dir.`;
-
-const EMBEDDING_FILE = /\.(pt|bin|safetensors)$/i;
 
 export interface GenerateCliResult {
   files: string[];
@@ -42,33 +34,6 @@ function number(name: string, v: string | undefined, int: boolean): number | und
   const n = Number(v);
   if (v.trim() === '' || !Number.isFinite(n) || (int && !Number.isInteger(n))) throw new GenerateUsageError(`--${name} takes ${int ? 'a whole number' : 'a number'}, got ${JSON.stringify(v)}`);
   return n;
-}
-
-/** Embedding files by prompt word: --embedding files, then every file in --embeddings-dir. */
-function loadEmbeddings(model: StableDiffusion, files: string[], dir: string | undefined): Map<string, T.Tensor> {
-  const all = [...files];
-  if (dir !== undefined) {
-    if (!existsSync(dir) || !statSync(dir).isDirectory()) throw new GenerateUsageError(`--embeddings-dir ${dir}: no such folder`);
-    for (const f of readdirSync(dir).sort()) if (EMBEDDING_FILE.test(f)) all.push(join(dir, f));
-  }
-  const out = new Map<string, T.Tensor>();
-  const width = model.textEncoder.cfg.hiddenSize;
-  for (const file of all) {
-    if (!existsSync(file)) throw new GenerateUsageError(`--embedding ${file}: no such file`);
-    const e = loadEmbeddingFile(file);
-    try {
-      const v = e.vectors.te;
-      if (!v) throw new Error(`${file}: this embedding is for SDXL (clip_l/clip_g); the model is ${model.family.toUpperCase()}`);
-      if (v.size(1) !== width) {
-        throw new Error(`${file}: its vectors have ${v.size(1)} values but ${model.name}'s text encoder uses ${width} (it was trained for ${v.size(1) === 768 ? 'SD 1.x' : v.size(1) === 1024 ? 'SD 2.x' : 'another model'}); use an embedding made for this model`);
-      }
-      if (out.has(e.name)) throw new Error(`${file}: another embedding already uses the word '${e.name}'; rename one of the files`);
-      out.set(e.name, T.keep(v.to('float32')));
-    } finally {
-      disposeEmbedding(e);
-    }
-  }
-  return out;
 }
 
 function parseGenerateArgs(args: string[]) {
@@ -154,36 +119,27 @@ export function runGenerate(args: string[]): GenerateCliResult {
   for (const h of tags.hypernets) hyperSpecs.push({ file: findNetwork('hypernet', h.name, values['hypernetwork-dir'], /\.pt$/i), strength: h.multiplier });
   for (const f of [...loraSpecs, ...hyperSpecs].map((x) => x.file)) if (!existsSync(f)) throw new GenerateUsageError(`${f}: no such file`);
 
-  const t0 = Date.now();
-  const model = loadStableDiffusion(values.model, { device: values.device ?? 'cpu' });
-  let embeddings: Map<string, T.Tensor> | undefined;
-  const loras: LoadedLora[] = [];
-  const hypers: Hypernetwork[] = [];
-  let applied: AppliedLoras | null = null;
-  let hyperHandle: HypernetworkHandle | null = null;
-  try {
-    embeddings = loadEmbeddings(model, values.embedding ?? [], values['embeddings-dir']);
-    for (const l of loraSpecs) loras.push(loadLoraFile(l.file, model));
-    if (loras.length) applied = applyLoraFiles(model, loras.map((lora, i) => ({ lora, unet: loraSpecs[i].unet, te: loraSpecs[i].te })));
-    for (const h of hyperSpecs) hypers.push(Hypernetwork.fromFile(h.file, { device: model.device }));
-    if (hypers.length) hyperHandle = applyHypernetworks(model.unet, hypers.map((net, i) => ({ net, strength: hyperSpecs[i].strength })));
-    const used: Record<string, string> = {};
-    if (loraSpecs.length) used.LoRA = loraSpecs.map((l) => `${stemOf(l.file)}: ${l.unet}`).join(', ');
-    if (hyperSpecs.length) used.Hypernet = hyperSpecs.map((h) => `${stemOf(h.file)}: ${h.strength}`).join(', ');
-    const bar = values.quiet ? null : new ProgressBar('sampling');
-    const images = generate(model, { ...o, embeddings, extraParameters: used, onExtraNetworks: () => {}, onStep: (s, n) => bar?.update(s, n) });
-    const stem = values.out.slice(0, -extname(values.out).length);
-    const files = images.map((_img, i) => (images.length === 1 ? values.out! : `${stem}-${i + 1}.png`));
-    images.forEach((img, i) => writePng(files[i], img.image, { parameters: img.parameters }));
-    return { files, seed: images[0].seed, seconds: (Date.now() - t0) / 1000 };
-  } finally {
-    hyperHandle?.remove();
-    for (const h of hypers) h.dispose();
-    applied?.remove();
-    for (const l of loras) disposeLoraFile(l);
-    for (const t of embeddings?.values() ?? []) t.dispose();
-    model.dispose();
+  const embeddings = [...(values.embedding ?? [])];
+  for (const f of embeddings) if (!existsSync(f)) throw new GenerateUsageError(`--embedding ${f}: no such file`);
+  const dir = values['embeddings-dir'];
+  if (dir !== undefined) {
+    if (!existsSync(dir) || !statSync(dir).isDirectory()) throw new GenerateUsageError(`--embeddings-dir ${dir}: no such folder`);
+    embeddings.push(...embeddingFilesIn(dir));
   }
+  const t0 = Date.now();
+  const bar = values.quiet ? null : new ProgressBar('sampling');
+  const images = runGenerateJob({
+    model: values.model,
+    device: values.device ?? 'cpu',
+    options: { ...o, onStep: (s, n) => bar?.update(s, n) },
+    embeddings,
+    loras: loraSpecs,
+    hypernetworks: hyperSpecs,
+  });
+  const stem = values.out.slice(0, -extname(values.out).length);
+  const files = images.map((_img, i) => (images.length === 1 ? values.out! : `${stem}-${i + 1}.png`));
+  images.forEach((img, i) => writePng(files[i], img.image, { parameters: img.parameters }));
+  return { files, seed: images[0].seed, seconds: (Date.now() - t0) / 1000 };
 }
 
 const LORA_FILE = /\.(safetensors|pt|ckpt|bin)$/i;

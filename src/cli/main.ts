@@ -2,9 +2,9 @@
 import { engineDemo } from './demo.ts';
 import { runDemo } from '../toy/demo.ts';
 import { parseArgs } from 'node:util';
-import { formatInspect, inspectPath } from './inspect.ts';
+import { formatInspect, inspectPath } from '../formats/inspect.ts';
 import { formatTokenize, tokenizePrompt } from './tokenize.ts';
-import { convert, type DtypeName, type Target } from './convert.ts';
+import { convert, type DtypeName, type Target } from '../models/convert.ts';
 import { GENERATE_USAGE, GenerateUsageError, describeGenerate, runGenerate } from './generate.ts';
 import { MERGE_USAGE, MergeUsageError, describeMerge, runMerge } from './merge.ts';
 import { TrainUsageError, runTrain } from './train.ts';

@@ -11,7 +11,7 @@ import { CONFIG_METADATA_KEY, loadStableDiffusion, openStateSource, type SingleF
 import { clipConfigToTransformers, unetConfigToDiffusers, vaeConfigToDiffusers } from '../models/config.ts';
 import { disposeLoraFile, mergeLoras } from '../adapters/lora.ts';
 import { loadLoraFile, type LoadedLora } from '../adapters/lora-file.ts';
-import { castAll, disposeAll, type DtypeName } from './convert.ts';
+import { castAll, disposeAll, type DtypeName } from '../models/convert.ts';
 
 export class MergeUsageError extends Error {}
 

@@ -8,8 +8,8 @@ import { join } from 'node:path';
 import { spawnSync } from 'node:child_process';
 import * as T from '../../src/torch/index.ts';
 import { SafetensorsFile, saveSafetensors } from '../../src/formats/safetensors.ts';
-import { convert } from '../../src/cli/convert.ts';
-import { inspectPath } from '../../src/cli/inspect.ts';
+import { convert } from '../../src/models/convert.ts';
+import { inspectPath } from '../../src/formats/inspect.ts';
 import { loadStableDiffusion } from '../../src/models/load.ts';
 import { REPO, fixture, tempDir } from '../helpers.ts';
 

@@ -12,7 +12,7 @@ import { loadStableDiffusion, type StableDiffusion } from '../../src/models/load
 import { generate, generateWithLatents, parametersText, validateOptions } from '../../src/sampling/pipeline.ts';
 import { Conditioning, encodeText } from '../../src/sampling/conditioning.ts';
 import { makeScheduler, sampleLoop, type SchedulerName } from '../../src/sampling/schedulers.ts';
-import { convert } from '../../src/cli/convert.ts';
+import { convert } from '../../src/models/convert.ts';
 import { decodePng, encodePng } from '../../src/formats/png.ts';
 import { PromptError } from '../../src/text/prompt.ts';
 import { frame } from '../../src/text/tokenizer.ts';

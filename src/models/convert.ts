@@ -1,4 +1,4 @@
-// `sdtune convert IN OUT [--to …] [--dtype fp16|bf16|fp32] [--prune-ema|--use-ema]`:
+// Conversions behind `sdtune convert IN OUT [--to …] [--dtype fp16|bf16|fp32] [--prune-ema|--use-ema]` and the studio's Library:
 // checkpoints (LDM single file ↔ diffusers folder, .ckpt → .safetensors, dtype, EMA),
 // LoRAs (kohya ↔ PEFT) and embeddings (A1111 .pt ↔ safetensors ↔ diffusers). Metadata is kept
 // where the target has a place for it; every file is written atomically (temp + rename), and a
@@ -12,7 +12,7 @@ import { loadTorchFile, saveTorchFile } from '../formats/torchfile.ts';
 import * as L from '../formats/layouts/index.ts';
 import { openStateSource, inferClipConfig, inferUnetConfig, inferVaeConfig, CONFIG_METADATA_KEY, type SingleFileConfig } from '../models/load.ts';
 import { clipConfigToTransformers, unetConfigToDiffusers, vaeConfigToDiffusers, unetConfigFromDiffusers, vaeConfigFromDiffusers, clipConfigFromTransformers } from '../models/config.ts';
-import { inspectPath } from './inspect.ts';
+import { inspectPath } from '../formats/inspect.ts';
 import { writePipelineFolder } from '../models/save.ts';
 
 export type Target = 'ldm' | 'diffusers' | 'kohya' | 'peft' | 'a1111-pt' | 'safetensors';

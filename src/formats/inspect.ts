@@ -1,4 +1,4 @@
-// `sdtune inspect PATH [--json]`: what a model file is — format, kind, family, prediction type,
+// What a model file is (behind `sdtune inspect PATH [--json]` and the studio's Library): format, kind, family, prediction type,
 // tensors, parameters, dtypes, metadata, and for adapters which base modules they touch.
 // Safetensors are read header-only; pickles are read lazily (no tensor data is loaded).
 import { existsSync, readFileSync, statSync, openSync, readSync, closeSync } from 'node:fs';

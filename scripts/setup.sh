@@ -4,16 +4,21 @@
 #   1. libtorch + OpenBLAS from Debian (apt-get, when we are root; otherwise says what to run),
 #   2. the npm packages,
 #   3. the native addon (native/), rebuilt when its sources changed.
-# Flags: --rebuild (force the addon build), --bench (also python3-torch, the benchmark's reference).
+#   4. better-sqlite3's addon (the studio's job store), built from its bundled SQLite source,
+#   5. the studio's web UI (web/ → web/dist with Vite), rebuilt when its sources changed.
+# Flags: --rebuild (force the addon build), --bench (also python3-torch, the benchmark's reference),
+#        --test (also Debian's chromium, for the studio's browser tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 rebuild=0
 bench=0
+browser=0
 for a in "$@"; do
   case "$a" in
     --rebuild) rebuild=1 ;;
     --bench) bench=1 ;;
+    --test) browser=1 ;;
     *) echo "setup.sh: unknown flag $a" >&2; exit 2 ;;
   esac
 done
@@ -25,6 +30,7 @@ pkgs=()
 if [ -z "${LIBTORCH:-}" ] && [ ! -f /usr/include/ATen/ATen.h ]; then pkgs+=(libtorch-dev); fi
 if ! ldconfig -p 2>/dev/null | grep -q 'libopenblas\.so\.0'; then pkgs+=(libopenblas0); fi
 if [ "$bench" = 1 ] && ! /usr/bin/python3 -c 'import torch' >/dev/null 2>&1; then pkgs+=(python3-torch); fi
+if [ "$browser" = 1 ] && [ ! -x /usr/bin/chromium ]; then pkgs+=(chromium); fi
 if [ "${#pkgs[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     say "installing ${pkgs[*]} (apt-get; a few minutes the first time)"
@@ -64,4 +70,16 @@ if [ "$rebuild" = 1 ] || [ ! -f "$addon" ] || [ ! -f "$stamp" ] || [ "$(cat "$st
   else npx --yes node-gyp "${args[@]}" >build.log 2>&1 || { tail -30 build.log >&2; say "native build failed (full log: build.log)"; exit 1; }
   fi
   echo "$want" >"$stamp"
+fi
+
+# 4. better-sqlite3 (npm ran with --ignore-scripts: its addon is built here, once) -------------
+if ! node -e "new (require('better-sqlite3'))(':memory:').close()" >/dev/null 2>&1; then
+  say "building better-sqlite3 (SQLite for the studio's jobs; ~1 min, once)"
+  npm rebuild better-sqlite3 --loglevel=error >sqlite-build.log 2>&1 || { tail -20 sqlite-build.log >&2; say "better-sqlite3 build failed (log: sqlite-build.log)"; exit 1; }
+fi
+
+# 5. the web UI ---------------------------------------------------------------------------------
+if [ ! -f web/dist/index.html ] || [ -n "$(find web/index.html web/src web/vite.config.ts src/server/api-types.ts -newer web/dist/index.html -print -quit)" ]; then
+  say "building the web UI (vite)"
+  npx vite build --config web/vite.config.ts --logLevel error >web-build.log 2>&1 || { tail -20 web-build.log >&2; say "web UI build failed (log: web-build.log)"; exit 1; }
 fi

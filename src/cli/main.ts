@@ -9,6 +9,7 @@ import { GENERATE_USAGE, GenerateUsageError, describeGenerate, runGenerate } fro
 import { MERGE_USAGE, MergeUsageError, describeMerge, runMerge } from './merge.ts';
 import { TrainUsageError, runTrain } from './train.ts';
 import { ToyUsageError, runToy } from './toy.ts';
+import { ServeUsageError, runServe } from './serve.ts';
 
 const USAGE = `usage: sdtune <command> [options]
 
@@ -29,6 +30,8 @@ commands:
                        fine-tune (--dry-run shows the step count first; --help lists the options)
   merge --model CKPT --lora FILE:W [--lora …] --out OUT.safetensors
                        bake LoRAs into a checkpoint
+  serve [--port 7860] [--host 127.0.0.1] [--data DIR] [--auth user:pass]
+                       the studio: web UI, HTTP API (/api, OpenAPI), A1111-compatible /sdapi/v1
   toy world|concept|pretrain|judge [options]
                        the toy world's training folders; the toy model trained from scratch
   help                 this text
@@ -103,6 +106,9 @@ export async function main(argv: string[]): Promise<number> {
     case 'train':
       await runTrain(rest);
       return 0;
+    case 'serve':
+      await runServe(rest);
+      return 0;
     case 'toy':
       process.stdout.write((await runToy(rest)) + '\n');
       return 0;
@@ -132,7 +138,7 @@ if (isMain) {
     (code) => process.exit(code),
     (e: unknown) => {
       process.stderr.write(`sdtune: ${e instanceof Error ? e.message : String(e)}\n`);
-      process.exit(e instanceof UsageError || e instanceof GenerateUsageError || e instanceof MergeUsageError || e instanceof TrainUsageError || e instanceof ToyUsageError ? 2 : 1);
+      process.exit(e instanceof UsageError || e instanceof GenerateUsageError || e instanceof MergeUsageError || e instanceof TrainUsageError || e instanceof ToyUsageError || e instanceof ServeUsageError ? 2 : 1);
     },
   );
 }

@@ -55,7 +55,7 @@ export async function runTrain(args: string[], io: { out?: (s: string) => void; 
   const outDir = dirname(resolve(c.out!));
   if (!existsSync(outDir)) throw new TrainUsageError(`--out ${c.out}: the folder ${outDir} does not exist`);
   if (dry) {
-    const text = await describeTraining(c, { device: device as string | undefined });
+    const { text } = await describeTraining(c, { device: device as string | undefined });
     print(text);
     return { result: null, dryRun: text };
   }

@@ -25,6 +25,8 @@ export interface InspectReport {
   /** Adapters: which base modules they change. */
   touches?: { unet: number; textEncoder: number; examples: string[]; ranks?: number[]; locon?: boolean };
   components?: Record<string, { tensors: number; parameters: number }>;
+  /** Embeddings: vectors per token and their width (SDXL: clip_l + clip_g widths added, as A1111 reports). */
+  embedding?: { vectors: number; width: number };
 }
 
 type Shapes = Map<string, number[]>;
@@ -50,6 +52,10 @@ function fromDetection(base: Omit<InspectReport, 'kind' | 'family' | 'prediction
     prediction: d.family.prediction,
     messages: [...d.messages],
   };
+  if (d.kind === 'embedding') {
+    const mats = [...shapes.values()].filter((x) => x.length === 2);
+    if (mats.length) r.embedding = { vectors: mats[0][0], width: mats.reduce((w, x) => w + x[1], 0) };
+  }
   if (d.details.lora) {
     const l = d.details.lora;
     const examples = [...shapes.keys()].filter((k) => /lora_down|lora_A/.test(k)).slice(0, 4).map((k) => k.replace(/\.(lora_down|lora_A)(\.default)?\.weight$/, ''));
@@ -100,6 +106,11 @@ function inspectPickle(path: string): InspectReport {
   if (tree instanceof TorchDict) {
     const inner = tree.get('state_dict');
     if (inner instanceof TorchDict) sd = inner;
+    // A1111 embeddings say when and on what they were trained.
+    for (const k of ['step', 'sd_checkpoint', 'sd_checkpoint_name', 'name']) {
+      const v = tree.get(k);
+      if (typeof v === 'string' || typeof v === 'number') metadata[k] = String(v);
+    }
     const gs = tree.get('global_step');
     if (typeof gs === 'number') {
       globalStep = gs;

@@ -20,6 +20,8 @@ export interface GenerateJob {
   options: Omit<GenerateOptions, 'embeddings' | 'extraParameters' | 'onExtraNetworks'>;
   /** Embedding files; their words become usable in the prompt. */
   embeddings?: string[];
+  /** Skip embeddings made for another model instead of failing (A1111 lists them as skipped). */
+  lenientEmbeddings?: boolean;
   loras?: { file: string; unet: number; te: number }[];
   hypernetworks?: { file: string; strength: number }[];
 }
@@ -31,7 +33,7 @@ export function embeddingFilesIn(dir: string): string[] {
 }
 
 /** Embedding vectors by prompt word, checked against the model's text encoder. */
-export function loadEmbeddings(model: StableDiffusion, files: readonly string[]): Map<string, T.Tensor> {
+export function loadEmbeddings(model: StableDiffusion, files: readonly string[], o: { lenient?: boolean } = {}): Map<string, T.Tensor> {
   const out = new Map<string, T.Tensor>();
   const width = model.textEncoder.cfg.hiddenSize;
   try {
@@ -40,6 +42,7 @@ export function loadEmbeddings(model: StableDiffusion, files: readonly string[])
       const e = loadEmbeddingFile(file);
       try {
         const v = e.vectors.te;
+        if (o.lenient && (!v || v.size(1) !== width)) continue;
         if (!v) throw new Error(`${file}: this embedding is for SDXL (clip_l/clip_g); the model is ${model.family.toUpperCase()}`);
         if (v.size(1) !== width) {
           throw new Error(`${file}: its vectors have ${v.size(1)} values but ${model.name}'s text encoder uses ${width} (it was trained for ${v.size(1) === 768 ? 'SD 1.x' : v.size(1) === 1024 ? 'SD 2.x' : 'another model'}); use an embedding made for this model`);
@@ -69,7 +72,7 @@ export function runGenerateJob(job: GenerateJob): GeneratedImage[] {
   let applied: AppliedLoras | null = null;
   let hyperHandle: HypernetworkHandle | null = null;
   try {
-    embeddings = loadEmbeddings(model, job.embeddings ?? []);
+    embeddings = loadEmbeddings(model, job.embeddings ?? [], { lenient: job.lenientEmbeddings });
     const loraSpecs = job.loras ?? [];
     const hyperSpecs = job.hypernetworks ?? [];
     for (const l of loraSpecs) loras.push(loadLoraFile(l.file, model));

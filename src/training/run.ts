@@ -86,7 +86,13 @@ function stepsOf(c: TrainConfig, ds: Dataset): number {
 }
 
 /** What a run would do, without training: images, buckets, repeats, steps, trainable parameters. */
-export async function describeTraining(c: TrainConfig, o: { device?: string } = {}): Promise<string> {
+export interface TrainingPlan {
+  text: string;
+  steps: number;
+  trainableParameters: number;
+}
+
+export async function describeTraining(c: TrainConfig, o: { device?: string } = {}): Promise<TrainingPlan> {
   const model = loadStableDiffusion(c.model!, { device: o.device ?? 'cpu', hash: false });
   let technique: Technique | null = null;
   try {
@@ -104,7 +110,7 @@ export async function describeTraining(c: TrainConfig, o: { device?: string } = 
     technique = makeTechnique(model, c);
     const params = technique.groups().reduce((s, g) => s + g.params.reduce((n, [, p]) => n + p.numel, 0), 0);
     lines.push(`${c.technique}: ${params.toLocaleString('en')} trainable parameters; the result goes to ${c.out}`);
-    return lines.join('\n');
+    return { text: lines.join('\n'), steps, trainableParameters: params };
   } finally {
     technique?.dispose();
     model.dispose();

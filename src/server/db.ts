@@ -1,0 +1,139 @@
+// The studio's store: jobs, their step logs and the settings, in SQLite (better-sqlite3, WAL), so a
+// killed server comes back with every job as it was. Only the server process writes here; workers
+// report over IPC. Statements are synchronous and short (no tensor work), so the event loop is
+// never held for long.
+import Database from 'better-sqlite3';
+import { randomBytes } from 'node:crypto';
+import type { Job, JobStatus, JobType, StepPoint } from './api-types.ts';
+
+const SCHEMA = `
+CREATE TABLE IF NOT EXISTS jobs (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT,
+  id TEXT UNIQUE NOT NULL,
+  type TEXT NOT NULL,
+  status TEXT NOT NULL,
+  created TEXT NOT NULL,
+  started TEXT,
+  finished TEXT,
+  request TEXT NOT NULL,
+  progress TEXT,
+  result TEXT,
+  error TEXT
+);
+CREATE TABLE IF NOT EXISTS records (
+  job_id TEXT NOT NULL,
+  step INTEGER NOT NULL,
+  loss REAL NOT NULL,
+  lr REAL NOT NULL,
+  val_loss REAL,
+  prior_drift REAL,
+  PRIMARY KEY (job_id, step)
+);
+CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+`;
+
+interface JobRow {
+  id: string;
+  type: string;
+  status: string;
+  created: string;
+  started: string | null;
+  finished: string | null;
+  request: string;
+  progress: string | null;
+  result: string | null;
+  error: string | null;
+}
+
+const parse = (s: string | null): unknown => (s === null ? null : JSON.parse(s));
+
+function toJob(r: JobRow): Job {
+  return {
+    id: r.id,
+    type: r.type as JobType,
+    status: r.status as JobStatus,
+    created: r.created,
+    started: r.started,
+    finished: r.finished,
+    request: parse(r.request) as Record<string, unknown>,
+    progress: parse(r.progress) as Job['progress'],
+    result: parse(r.result),
+    error: r.error,
+  };
+}
+
+export class Store {
+  private readonly db: Database.Database;
+
+  constructor(file: string) {
+    try {
+      this.db = new Database(file);
+      this.db.pragma('journal_mode = WAL');
+      this.db.pragma('busy_timeout = 5000');
+      this.db.exec(SCHEMA);
+    } catch (e) {
+      throw new Error(`${file}: cannot open the studio database (${(e as Error).message}); move the file away to start with an empty one`);
+    }
+  }
+
+  close(): void {
+    this.db.close();
+  }
+
+  createJob(type: JobType, request: Record<string, unknown>): Job {
+    const id = `${Date.now().toString(36)}-${randomBytes(3).toString('hex')}`;
+    this.db.prepare('INSERT INTO jobs (id, type, status, created, request) VALUES (?, ?, ?, ?, ?)').run(id, type, 'queued', new Date().toISOString(), JSON.stringify(request));
+    return this.job(id)!;
+  }
+
+  job(id: string): Job | null {
+    const r = this.db.prepare('SELECT * FROM jobs WHERE id = ?').get(id) as JobRow | undefined;
+    return r ? toJob(r) : null;
+  }
+
+  jobs(o: { status?: JobStatus[]; limit?: number } = {}): Job[] {
+    const where = o.status?.length ? `WHERE status IN (${o.status.map(() => '?').join(',')})` : '';
+    const rows = this.db.prepare(`SELECT * FROM jobs ${where} ORDER BY seq DESC LIMIT ?`).all(...(o.status ?? []), o.limit ?? 200) as JobRow[];
+    return rows.map(toJob);
+  }
+
+  /** The oldest queued job (first come, first served). */
+  nextQueued(): Job | null {
+    const r = this.db.prepare("SELECT * FROM jobs WHERE status = 'queued' ORDER BY seq ASC LIMIT 1").get() as JobRow | undefined;
+    return r ? toJob(r) : null;
+  }
+
+  update(id: string, patch: Partial<Pick<Job, 'status' | 'started' | 'finished' | 'progress' | 'result' | 'error' | 'request'>>): Job {
+    const cols: string[] = [];
+    const vals: unknown[] = [];
+    for (const [k, v] of Object.entries(patch)) {
+      cols.push(`${k} = ?`);
+      vals.push(k === 'progress' || k === 'result' || k === 'request' ? (v === null ? null : JSON.stringify(v)) : v);
+    }
+    if (cols.length) this.db.prepare(`UPDATE jobs SET ${cols.join(', ')} WHERE id = ?`).run(...vals, id);
+    return this.job(id)!;
+  }
+
+  addRecord(id: string, r: StepPoint): void {
+    this.db.prepare('INSERT OR REPLACE INTO records (job_id, step, loss, lr, val_loss, prior_drift) VALUES (?, ?, ?, ?, ?, ?)').run(id, r.step, r.loss, r.lr, r.val_loss ?? null, r.prior_drift ?? null);
+  }
+
+  records(id: string): StepPoint[] {
+    const rows = this.db.prepare('SELECT step, loss, lr, val_loss, prior_drift FROM records WHERE job_id = ? ORDER BY step').all(id) as { step: number; loss: number; lr: number; val_loss: number | null; prior_drift: number | null }[];
+    return rows.map((r) => ({ step: r.step, loss: r.loss, lr: r.lr, ...(r.val_loss !== null && { val_loss: r.val_loss }), ...(r.prior_drift !== null && { prior_drift: r.prior_drift }) }));
+  }
+
+  /** A resumed run repeats the steps after its checkpoint: their old records go. */
+  dropRecordsAfter(id: string, step: number): void {
+    this.db.prepare('DELETE FROM records WHERE job_id = ? AND step > ?').run(id, step);
+  }
+
+  setting<T>(key: string, fallback: T): T {
+    const r = this.db.prepare('SELECT value FROM settings WHERE key = ?').get(key) as { value: string } | undefined;
+    return r ? (JSON.parse(r.value) as T) : fallback;
+  }
+
+  setSetting(key: string, value: unknown): void {
+    this.db.prepare('INSERT OR REPLACE INTO settings (key, value) VALUES (?, ?)').run(key, JSON.stringify(value));
+  }
+}

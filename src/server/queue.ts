@@ -1,0 +1,218 @@
+// The job queue: jobs persisted in the store, run first come first served in forked worker
+// processes, one at a time (one device). The server's event loop only moves messages.
+//   - A worker that exits without 'done' (crash, OOM kill) marks its job failed with the exit
+//     code or signal and the last lines it wrote; the server stays up and runs the next job.
+//   - A server killed mid-job comes back with that job 'interrupted'; a training job resumes from
+//     its last checkpoint (resume), everything else can simply be submitted again.
+//   - cancel: a queued job is dropped at once; a running training job is asked to save a
+//     checkpoint and stop (it is resumable), other running jobs are killed.
+import { fork, type ChildProcess } from 'node:child_process';
+import { EventEmitter } from 'node:events';
+import { existsSync, readdirSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
+import type { Job, JobEvent, JobType } from './api-types.ts';
+import type { Store } from './db.ts';
+import type { FromWorker, WorkerTask } from './protocol.ts';
+import { HttpError } from './schema.ts';
+
+const WORKER = fileURLToPath(new URL('./worker.ts', import.meta.url));
+const now = () => new Date().toISOString();
+
+/** Turns a job into the task its worker runs (names resolved to paths by the server). */
+export type TaskBuilder = (job: Job, resume: boolean) => WorkerTask;
+
+interface Running {
+  id: string;
+  child: ChildProcess;
+  stderr: string[];
+  finished: boolean;
+  killTimer?: NodeJS.Timeout;
+}
+
+export class JobQueue extends EventEmitter {
+  private running: Running | null = null;
+  private readonly waiters = new Map<string, ((j: Job) => void)[]>();
+  private closed = false;
+
+  constructor(
+    private readonly store: Store,
+    private readonly build: TaskBuilder,
+    private readonly o: { device: string; workerArgs?: string[]; /** Turns a worker's result into the stored one (moves products). */ finish?: (job: Job, result: unknown) => unknown },
+  ) {
+    super();
+    this.setMaxListeners(100);
+    // A previous server died with these jobs running: nothing runs them now.
+    for (const j of store.jobs({ status: ['running'] })) {
+      const step = j.progress?.step;
+      this.setJob(j.id, {
+        status: 'interrupted',
+        finished: now(),
+        error: j.type === 'train' ? `the server stopped during this job${step ? ` (at step ${step})` : ''}; resume it to continue from its last checkpoint` : 'the server stopped during this job; submit it again',
+      });
+    }
+  }
+
+  get runningId(): string | null {
+    return this.running?.id ?? null;
+  }
+
+  queuedCount(): number {
+    return this.store.jobs({ status: ['queued'] }).length;
+  }
+
+  submit(type: JobType, request: Record<string, unknown>): Job {
+    if (this.closed) throw new HttpError(503, 'the server is shutting down');
+    const job = this.store.createJob(type, request);
+    this.emitEvent({ type: 'job', job });
+    queueMicrotask(() => this.pump());
+    return job;
+  }
+
+  /** Resolves when the job ends (done, failed, cancelled or interrupted). */
+  wait(id: string): Promise<Job> {
+    const j = this.store.job(id);
+    if (j && ['done', 'failed', 'cancelled', 'interrupted'].includes(j.status)) return Promise.resolve(j);
+    return new Promise((res) => this.waiters.set(id, [...(this.waiters.get(id) ?? []), res]));
+  }
+
+  cancel(id: string): Job {
+    const j = this.mustGet(id);
+    if (j.status === 'queued') return this.setJob(id, { status: 'cancelled', finished: now(), error: 'cancelled before it started' });
+    if (j.status !== 'running' || this.running?.id !== id) throw new HttpError(409, `job ${id} is ${j.status}; only queued or running jobs can be cancelled`);
+    const r = this.running;
+    if (j.type === 'train') {
+      // The loop checks between steps, saves a checkpoint and returns 'stopped'.
+      r.child.send({ type: 'stop' });
+    } else {
+      r.child.kill('SIGTERM');
+    }
+    this.store.update(id, { error: 'cancel requested' });
+    return this.store.job(id)!;
+  }
+
+  resume(id: string): Job {
+    const j = this.mustGet(id);
+    if (j.type !== 'train') throw new HttpError(409, `job ${id} is a ${j.type} job; only training jobs resume (submit it again)`);
+    if (!['interrupted', 'cancelled', 'failed'].includes(j.status)) throw new HttpError(409, `job ${id} is ${j.status}; only interrupted, cancelled or failed training jobs resume`);
+    const work = String((j.request as { work_dir?: unknown }).work_dir ?? '');
+    const ckpts = existsSync(join(work, 'checkpoints')) ? readdirSync(join(work, 'checkpoints')).filter((f) => /^step-\d+/.test(f)) : [];
+    if (ckpts.length === 0) throw new HttpError(409, `job ${id} saved no checkpoint before it ended; start it again instead`);
+    // The loop goes on from its newest checkpoint: the steps logged after it will be logged again.
+    const from = Math.max(...ckpts.map((f) => Number(/^step-(\d+)/.exec(f)![1])));
+    this.store.dropRecordsAfter(id, from);
+    const job = this.setJob(id, { status: 'queued', finished: null, error: null, request: { ...j.request, resume: true } });
+    queueMicrotask(() => this.pump());
+    return job;
+  }
+
+  /** Stops taking jobs; a running training job saves a checkpoint (it resumes after a restart). */
+  async close(): Promise<void> {
+    this.closed = true;
+    const r = this.running;
+    if (!r) return;
+    const done = new Promise<void>((res) => r.child.once('exit', () => res()));
+    if (this.store.job(r.id)?.type === 'train') r.child.send({ type: 'stop' });
+    else r.child.kill('SIGTERM');
+    const t = setTimeout(() => r.child.kill('SIGKILL'), 30_000);
+    await done;
+    clearTimeout(t);
+  }
+
+  private mustGet(id: string): Job {
+    const j = this.store.job(id);
+    if (!j) throw new HttpError(404, `there is no job ${JSON.stringify(id)}`);
+    return j;
+  }
+
+  private setJob(id: string, patch: Parameters<Store['update']>[1]): Job {
+    const job = this.store.update(id, patch);
+    this.emitEvent({ type: 'job', job });
+    if (['done', 'failed', 'cancelled', 'interrupted'].includes(job.status)) {
+      for (const w of this.waiters.get(id) ?? []) w(job);
+      this.waiters.delete(id);
+    }
+    return job;
+  }
+
+  private emitEvent(e: JobEvent): void {
+    this.emit('event', e);
+  }
+
+  private pump(): void {
+    if (this.running || this.closed) return;
+    const job = this.store.nextQueued();
+    if (!job) return;
+    const resume = (job.request as { resume?: unknown }).resume === true;
+    let task: WorkerTask;
+    try {
+      task = this.build(job, resume);
+    } catch (e) {
+      this.setJob(job.id, { status: 'failed', finished: now(), error: (e as Error).message });
+      queueMicrotask(() => this.pump());
+      return;
+    }
+    const child = fork(WORKER, [], { execArgv: ['--import', 'tsx', ...(this.o.workerArgs ?? [])], stdio: ['ignore', 'pipe', 'pipe', 'ipc'], serialization: 'advanced' });
+    const r: Running = { id: job.id, child, stderr: [], finished: false };
+    this.running = r;
+    const keep = (b: Buffer) => {
+      r.stderr.push(...b.toString().split('\n').filter((l) => l.trim()));
+      if (r.stderr.length > 20) r.stderr.splice(0, r.stderr.length - 20);
+    };
+    child.stdout?.on('data', keep);
+    child.stderr?.on('data', keep);
+    this.setJob(job.id, { status: 'running', started: now(), progress: { step: 0, total: 0, message: 'starting' } });
+    child.on('message', (m: FromWorker) => this.onMessage(r, m));
+    child.on('exit', (code, signal) => {
+      if (!r.finished) {
+        const cancelled = this.store.job(r.id)?.error === 'cancel requested';
+        const why = signal ? `signal ${signal}` : `exit code ${code}`;
+        const tail = r.stderr.slice(-5).join(' | ');
+        this.setJob(r.id, cancelled
+          ? { status: 'cancelled', finished: now(), error: 'cancelled while running' }
+          : { status: 'failed', finished: now(), error: `the worker process died (${why})${signal === 'SIGKILL' ? ', probably out of memory' : ''}${tail ? `: ${tail}` : ''}` });
+      }
+      this.running = null;
+      if (!this.closed) queueMicrotask(() => this.pump());
+    });
+    child.send({ type: 'start', task });
+  }
+
+  private onMessage(r: Running, m: FromWorker): void {
+    const id = r.id;
+    switch (m.type) {
+      case 'progress': {
+        const progress = { step: m.step, total: m.total, message: m.message, ...(m.loss !== undefined && { loss: m.loss }) };
+        this.store.update(id, { progress });
+        this.emitEvent({ type: 'progress', id, ...progress });
+        break;
+      }
+      case 'record':
+        this.store.addRecord(id, m.record);
+        this.emitEvent({ type: 'record', id, record: m.record });
+        break;
+      case 'message':
+        this.emit('log', id, m.text);
+        break;
+      case 'done': {
+        r.finished = true;
+        let result: unknown;
+        try {
+          result = this.o.finish ? this.o.finish(this.store.job(id)!, m.result) : m.result;
+        } catch (e) {
+          this.setJob(id, { status: 'failed', finished: now(), result: m.result, error: `the job finished but its result could not be stored: ${(e as Error).message}` });
+          break;
+        }
+        m = { type: 'done', result };
+        const res = m.result as { status?: string; message?: string } | null;
+        const cancelled = this.store.job(id)?.error === 'cancel requested' || res?.status === 'stopped';
+        this.setJob(id, cancelled ? { status: 'cancelled', finished: now(), result: m.result, error: `stopped: ${res?.message ?? 'a checkpoint was saved'}; resume to continue` } : { status: 'done', finished: now(), result: m.result, error: null });
+        break;
+      }
+      case 'error':
+        r.finished = true;
+        this.setJob(id, { status: 'failed', finished: now(), error: m.message });
+        break;
+    }
+  }
+}

@@ -228,7 +228,8 @@ export function a1111Routes(s: Studio): { router: Router } {
   });
   router.add('POST', `${P}/interrupt`, () => {
     const id = s.queue.runningId;
-    if (id) s.queue.cancel(id);
+    // A1111 answers {} whether or not anything was running (or it was just ending).
+    if (id && s.store.job(id)?.status === 'running') s.queue.cancel(id);
     return { json: {} };
   });
 

@@ -57,6 +57,11 @@ export class JobQueue extends EventEmitter {
     return this.running?.id ?? null;
   }
 
+  /** The running job's worker process id (what an operator would kill). */
+  get workerPid(): number | null {
+    return this.running?.child.pid ?? null;
+  }
+
   queuedCount(): number {
     return this.store.jobs({ status: ['queued'] }).length;
   }
@@ -83,7 +88,7 @@ export class JobQueue extends EventEmitter {
     const r = this.running;
     if (j.type === 'train') {
       // The loop checks between steps, saves a checkpoint and returns 'stopped'.
-      r.child.send({ type: 'stop' });
+      if (r.child.connected) r.child.send({ type: 'stop' });
     } else {
       r.child.kill('SIGTERM');
     }
@@ -110,9 +115,9 @@ export class JobQueue extends EventEmitter {
   async close(): Promise<void> {
     this.closed = true;
     const r = this.running;
-    if (!r) return;
+    if (!r || r.child.exitCode !== null || r.child.signalCode !== null) return;
     const done = new Promise<void>((res) => r.child.once('exit', () => res()));
-    if (this.store.job(r.id)?.type === 'train') r.child.send({ type: 'stop' });
+    if (this.store.job(r.id)?.type === 'train' && r.child.connected) r.child.send({ type: 'stop' });
     else r.child.kill('SIGTERM');
     const t = setTimeout(() => r.child.kill('SIGKILL'), 30_000);
     await done;

@@ -56,7 +56,7 @@ export async function startStudio(o: ServeOptions): Promise<RunningStudio> {
     const isA1111 = url.pathname.startsWith('/sdapi/');
     const fail = (e: unknown) => {
       const status = e instanceof HttpError ? e.status : 500;
-      if (status === 500) process.stderr.write(`sdtune serve: ${raw.method} ${url.pathname}: ${(e as Error).stack ?? e}\n`);
+      if (!(e instanceof HttpError)) process.stderr.write(`sdtune serve: ${raw.method} ${url.pathname}: ${(e as Error).stack ?? e}\n`);
       const message = e instanceof Error ? e.message : String(e);
       if (res.headersSent) return res.destroy();
       const body = isA1111 ? a1111Error(status, message) : { error: message, ...(e instanceof HttpError && e.field && { field: e.field }) };

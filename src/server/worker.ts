@@ -104,6 +104,9 @@ async function run(task: WorkerTask): Promise<unknown> {
   }
 }
 
+// The server is gone (killed): stop now; a training job resumes from its last checkpoint later.
+process.on('disconnect', () => process.exit(1));
+
 process.on('message', (m: ToWorker) => {
   if (m.type === 'stop') {
     stopRequested = true;
@@ -112,10 +115,12 @@ process.on('message', (m: ToWorker) => {
   run(m.task).then(
     (result) => {
       send({ type: 'done', result });
+      process.removeAllListeners('disconnect');
       process.disconnect?.();
     },
     (e: unknown) => {
       send({ type: 'error', message: e instanceof Error ? e.message : String(e) });
+      process.removeAllListeners('disconnect');
       process.disconnect?.();
     },
   );

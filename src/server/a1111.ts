@@ -310,7 +310,7 @@ export function a1111Routes(s: Studio): { router: Router } {
       r = { technique: kind, dataset, name, settings, overwrite: true, ...(kind === 'embedding' && { file_format: extname(file) === '.pt' ? 'pt' : 'safetensors' }) };
       const job = s.submitTrain(r);
       const done = await s.queue.wait(job.id);
-      const out = (done.result as { product?: string } | null)?.product ?? '';
+      const out = (done.result as { product_path?: string } | null)?.product_path ?? '';
       return { json: { info: `train embedding complete: filename: ${out} error: ${done.status === 'done' ? 'None' : done.error}` } };
     } catch (e) {
       if (e instanceof HttpError && e.status !== 400 && e.status !== 404 && e.status !== 409) throw e;

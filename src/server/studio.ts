@@ -287,7 +287,9 @@ export class Studio {
     const lib = this.libraryPath(req);
     rmSync(lib, { recursive: true, force: true });
     renameSync(r.out, lib);
-    return { ...r, product: lib, product_name: req.name, technique: req.technique };
+    const st = statSync(lib);
+    const product = { kind: req.technique === 'dreambooth' ? 'model' : req.technique, name: req.name, file: basename(lib), bytes: st.size, modified: st.mtime.toISOString() };
+    return { ...r, product, product_path: lib, technique: req.technique };
   }
 
   snapshots(job: Job): Snapshot[] {

@@ -57,7 +57,7 @@ export const SCHEMAS = {
   dataset: obj({ name: NAME_S }, ['name']),
   caption: obj({ caption: str({ max: 5000 }) }, ['caption']),
   pick: obj({ step: int({ min: 0 }) }, ['step']),
-  convert: obj({ to: str({ enum: ['kohya', 'peft', 'safetensors', 'a1111-pt'] }), dtype: str({ enum: ['fp16', 'bf16', 'fp32'] }) }, ['to']),
+  convert: obj({ to: str({ enum: ['kohya', 'peft', 'safetensors', 'a1111-pt'] }), dtype: str({ enum: ['fp16', 'bf16', 'fp32'] }), model: str({ max: 200, description: 'LoRAs: the checkpoint whose module names to use (default: the current model)' }) }, ['to']),
   tokenize: obj({ prompt: str({ max: 10_000 }) }, ['prompt']),
   options: obj({ model: str({ max: 200 }) }, ['model']),
 } satisfies Record<string, Schema>;
@@ -140,7 +140,7 @@ export function apiRoutes(s: Studio): { router: Router; docs: RouteDoc[] } {
   }, { status: 204 });
   route('POST', '/api/adapters/{kind}/{name}/convert', 'Convert a LoRA (kohya ↔ PEFT) or an embedding (A1111 .pt ↔ safetensors): a job', async (req) => {
     const kind = kindOf(req.params.kind);
-    const b = await body<{ to: string; dtype?: string }>(req, 'convert');
+    const b = await body<{ to: string; dtype?: string; model?: string }>(req, 'convert');
     if (kind === 'hypernetwork') throw new HttpError(400, 'hypernetworks have one format (A1111 .pt): nothing to convert to');
     const okTo = kind === 'lora' ? ['kohya', 'peft'] : ['safetensors', 'a1111-pt'];
     if (!okTo.includes(b.to)) throw new HttpError(400, `a ${kind} converts to ${okTo.join(' or ')}`, 'to');
@@ -150,7 +150,7 @@ export function apiRoutes(s: Studio): { router: Router; docs: RouteDoc[] } {
     const outName = `${stem}-${b.to}${ext}`;
     const output = s.data.inside(ADAPTER_DIRS[kind], outName);
     if (existsSync(output)) throw new HttpError(409, `${outName} already exists in ${ADAPTER_DIRS[kind]}/: delete it first`);
-    return { status: 202, json: s.queue.submit('convert', { kind, name: req.params.name, to: b.to, dtype: b.dtype, task: { kind: 'convert', input, output, to: b.to, dtype: b.dtype } }) };
+    return { status: 202, json: s.queue.submit('convert', { kind, name: req.params.name, to: b.to, dtype: b.dtype, task: { kind: 'convert', input, output, to: b.to, dtype: b.dtype, ...(kind === 'lora' && { model: s.modelPath(b.model) }) } }) };
   }, { body: 'convert', status: 202 });
 
   // datasets

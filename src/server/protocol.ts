@@ -9,7 +9,7 @@ export type WorkerTask =
   | { kind: 'train'; config: TrainConfig; resume: boolean; device: string }
   | { kind: 'preflight'; config: TrainConfig; device: string; scratch: string }
   | { kind: 'generate'; job: GenerateJob; outDir: string; prefix: string; /** img2img: base64 PNG/JPEG/WebP, decoded in the worker. */ initImage?: string }
-  | { kind: 'convert'; input: string; output: string; to?: string; dtype?: string }
+  | { kind: 'convert'; input: string; output: string; to?: string; dtype?: string; /** LoRAs: module names come from this checkpoint. */ model?: string }
   | { kind: 'create-embedding'; model: string; name: string; vectors: number; initText: string; out: string; device: string }
   | { kind: 'create-hypernetwork'; name: string; sizes: number[]; layerStructure: number[]; activation: string; layerNorm: boolean; dropoutStructure?: number[]; weightInit: string; out: string };
 

@@ -75,7 +75,7 @@ async function run(task: WorkerTask): Promise<unknown> {
       return out;
     }
     case 'convert': {
-      const r = convert(task.input, task.output, { to: task.to as Target | undefined, dtype: task.dtype as DtypeName | undefined });
+      const r = convert(task.input, task.output, { to: task.to as Target | undefined, dtype: task.dtype as DtypeName | undefined, model: task.model });
       return { output: r.output, kind: r.kind, target: r.target, tensors: r.tensors, notes: r.notes };
     }
     case 'create-embedding': {

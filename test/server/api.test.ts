@@ -201,3 +201,35 @@ test('listening beyond localhost needs --auth; auth is checked', async () => {
   const r = await fetch(`${s.url}/api/status`, { headers: { origin: 'http://evil.example' } });
   assert.equal(r.headers.get('access-control-allow-origin'), null);
 });
+
+test('live events over SSE, and a LoRA converted to PEFT by a job', async () => {
+  const ctrl = new AbortController();
+  const res = await fetch(`${s.url}/api/events`, { signal: ctrl.signal });
+  assert.equal(res.headers.get('content-type'), 'text/event-stream');
+  const reader = res.body!.getReader();
+  const seen: { type: string; id?: string; job?: Job }[] = [];
+  const g = await call<Job>('POST', '/api/generate', { prompt: 'a heart', steps: 5 });
+  let buf = '';
+  while (!seen.some((e) => e.type === 'job' && e.job?.id === g.json.id && e.job.status === 'done')) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    buf += new TextDecoder().decode(value);
+    for (let i = buf.indexOf('\n\n'); i >= 0; i = buf.indexOf('\n\n')) {
+      const chunk = buf.slice(0, i);
+      buf = buf.slice(i + 2);
+      if (chunk.startsWith('data: ')) seen.push(JSON.parse(chunk.slice(6)));
+    }
+  }
+  ctrl.abort();
+  const mine = seen.filter((e) => (e.id ?? e.job?.id) === g.json.id);
+  assert.deepEqual([...new Set(mine.filter((e) => e.type === 'job').map((e) => e.job!.status))], ['queued', 'running', 'done']);
+  assert.equal(mine.filter((e) => e.type === 'progress').length, 5);
+
+  const c = await call<Job>('POST', '/api/adapters/lora/outline-lora/convert', { to: 'peft' });
+  assert.equal(c.status, 202, c.text);
+  const cj = await waitJob(call, c.json.id);
+  assert.equal(cj.status, 'done', cj.error ?? '');
+  const h = readSafetensorsHeader(join(s.studio.data.root, 'lora', 'outline-lora-peft.safetensors'));
+  assert.ok(h.entries.some((e) => /lora_A/.test(e.key)), 'PEFT keys');
+  assert.equal((await call('POST', '/api/adapters/lora/outline-lora/convert', { to: 'a1111-pt' })).status, 400);
+});

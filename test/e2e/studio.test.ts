@@ -111,7 +111,7 @@ async function journey(page: Page, errors: string[]): Promise<void> {
   await page.getByTestId('png-info').filter({ hasText: /LoRA: "outline-style: 1"/ }).waitFor({ timeout: 10_000 });
   await page.screenshot({ path: join(SHOTS, '4-generate.png'), fullPage: true });
   const outs = await s.call<{ parameters: string }[]>('GET', '/api/outputs');
-  assert.match(outs.json[0].parameters, /^a large red heart in the center, on a blue background\nSteps: 8, .*Seed: 3, .*LoRA: "outline-style: 1"/s);
+  assert.match(outs.json[0].parameters, /^a large red heart in the center, on a blue background\nSteps: 8, .*Seed: 3, Size: 32x32, .*LoRA: "outline-style: 1"/s);
   assert.deepEqual(errors, []);
 }
 

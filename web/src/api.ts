@@ -208,8 +208,13 @@ export function waitForJob(id: string, onUpdate?: (job: Job) => void, onProgress
       onUpdate?.(job);
       if (isFinished(job.status)) finish(job);
     };
+    // An event may carry a slimmer job than GET does: read the full one (result, error) at the end.
+    const seenEvent = (job: Job) => {
+      if (settled || !isFinished(job.status)) return seen(job);
+      api.job(id).then((full) => seen(isFinished(full.status) ? full : job), () => seen(job));
+    };
     const off = onEvent((ev) => {
-      if (ev.type === 'job' && ev.job.id === id) seen(ev.job);
+      if (ev.type === 'job' && ev.job.id === id) seenEvent(ev.job);
       else if (ev.type === 'progress' && ev.id === id && !settled) onProgress?.(ev);
     });
     const poll = async () => {

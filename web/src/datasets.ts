@@ -13,7 +13,7 @@ let selected: string | null = null;
 let detail: DatasetDetail | null = null;
 let resolutionTouched = false;
 
-const listEl = h('div', { class: 'dataset-list', testid: 'dataset-list', role: 'list' });
+const listEl = h('div', { class: 'dataset-list', testid: 'dataset-list' });
 const nameInput = h('input', { type: 'text', testid: 'dataset-name', autocomplete: 'off', placeholder: 'my-cat', maxlength: 80 });
 const createButton = h('button', { type: 'submit', testid: 'dataset-create', class: 'primary' }, 'Create');
 const detailEl = h('div', { class: 'dataset-detail', testid: 'dataset-detail' });
@@ -43,7 +43,7 @@ function renderList(): void {
     datasets.map((d) => {
       const b = h(
         'button',
-        { type: 'button', class: `dataset-row${d.name === selected ? ' selected' : ''}`, testid: 'dataset-row', 'data-name': d.name, role: 'listitem', 'aria-pressed': String(d.name === selected) },
+        { type: 'button', class: `dataset-row${d.name === selected ? ' selected' : ''}`, testid: 'dataset-row', 'data-name': d.name, 'aria-pressed': String(d.name === selected) },
         h('strong', {}, d.name),
         h('span', { class: 'hint' }, `${d.images} picture${d.images === 1 ? '' : 's'}, ${d.captioned} captioned`),
       );

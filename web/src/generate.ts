@@ -40,8 +40,8 @@ const karras = h('input', { type: 'checkbox', testid: 'gen-karras' });
 const steps = numberInput('gen-steps', 20, { min: 1, max: 150 });
 const cfg = numberInput('gen-cfg', 7, { min: 0, max: 30, step: 0.5 });
 const seed = numberInput('gen-seed', -1, { min: -1 });
-const width = numberInput('gen-width', 64, { min: 8, max: 2048, step: 8 });
-const height = numberInput('gen-height', 64, { min: 8, max: 2048, step: 8 });
+const width = numberInput('gen-width', 32, { min: 8, max: 2048, step: 8 });
+const height = numberInput('gen-height', 32, { min: 8, max: 2048, step: 8 });
 const batch = numberInput('gen-batch', 1, { min: 1, max: 16 });
 const submit = h('button', { type: 'submit', testid: 'gen-submit', class: 'primary' }, 'Generate');
 const cancel = h('button', { type: 'button', testid: 'gen-cancel', class: 'secondary', hidden: true }, 'Stop');
@@ -87,7 +87,7 @@ const updateNegativeCount = makeCounter(negative, negativeCount);
 const isToy = (m: ModelInfo | undefined) => !!m && (m.family === 'toy' || m.name.startsWith('toy'));
 
 function applyModelSize(): void {
-  const side = isToy(models.find((m) => m.name === modelSelect.value)) || models.length === 0 ? 64 : 512;
+  const side = isToy(models.find((m) => m.name === modelSelect.value)) || models.length === 0 ? 32 : 512;
   width.value = String(side);
   height.value = String(side);
 }

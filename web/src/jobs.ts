@@ -1,7 +1,7 @@
 // The Jobs tab: every job with live progress; a selected training job shows the over/underfitting
 // meter, the recommendation, sample pictures by step and the snapshots to keep.
 import type { AdapterInfo, GenerateResult, Job, JobDetail, JobEvent, Preflight, SampleImage, StepPoint } from '../../src/server/api-types.ts';
-import { api, onEvent, onReconnect } from './api.ts';
+import { api, isFinished, onEvent, onReconnect } from './api.ts';
 import { drawMeter, meterLegend } from './chart.ts';
 import { tryProduct } from './generate.ts';
 import { busy, fill, formatBytes, formatDate, formatDuration, h, showError, showNotice } from './ui.ts';
@@ -12,8 +12,9 @@ let jobs: Job[] = [];
 let selectedId: string | null = null;
 let detail: JobDetail | null = null;
 const rowEls = new Map<string, HTMLButtonElement>();
+let pickMessage: { id: string; text: string } | null = null;
 
-const list = h('div', { class: 'job-list', testid: 'job-list', role: 'list' });
+const list = h('div', { class: 'job-list', testid: 'job-list' });
 const detailBox = h('div', { class: 'job-detail', testid: 'job-detail' });
 const canvas = h('canvas', { testid: 'meter-chart', class: 'meter-chart', role: 'img', 'aria-label': 'Over/underfitting meter: loss by step' });
 
@@ -97,7 +98,7 @@ function renderList(): void {
   const rows = jobs.map((job) => {
     let row = rowEls.get(job.id);
     if (!row) {
-      const r = h('button', { type: 'button', class: 'job-row', testid: 'job-row', role: 'listitem' });
+      const r = h('button', { type: 'button', class: 'job-row', testid: 'job-row' });
       r.addEventListener('click', () => void select(job.id));
       rowEls.set(job.id, r);
       row = r;
@@ -120,9 +121,18 @@ function upsert(job: Job): void {
 // ---- the detail ----
 
 let refreshTimer: ReturnType<typeof setTimeout> | undefined;
-/** Re-reads the selected job soon, at most once per `ms` (records arrive many times a second). */
+let refreshDue = 0;
+/**
+ * Re-reads the selected job within `ms`, once for however many calls come meanwhile (records
+ * arrive many times a second); a sooner request moves the pending one forward.
+ */
 function scheduleRefresh(ms: number): void {
-  if (refreshTimer !== undefined) return;
+  const due = Date.now() + ms;
+  if (refreshTimer !== undefined) {
+    if (due >= refreshDue) return;
+    clearTimeout(refreshTimer);
+  }
+  refreshDue = due;
   refreshTimer = setTimeout(() => {
     refreshTimer = undefined;
     if (selectedId) void loadDetail(selectedId);
@@ -201,7 +211,8 @@ function samplesGrid(samples: SampleImage[]): HTMLElement {
 
 function snapshotsList(d: JobDetail): HTMLElement {
   const rec = d.recommendation?.step;
-  const out = h('p', { class: 'hint', testid: 'job-pick-result', 'aria-live': 'polite' });
+  // The message outlives the re-renders that live updates cause.
+  const out = h('p', { class: 'hint', testid: 'job-pick-result', 'aria-live': 'polite' }, pickMessage?.id === d.id ? pickMessage.text : '');
   return h(
     'div',
     { class: 'snapshots', testid: 'job-snapshots' },
@@ -212,7 +223,8 @@ function snapshotsList(d: JobDetail): HTMLElement {
         pick.addEventListener('click', () =>
           void busy(pick, async () => {
             const a: AdapterInfo = await api.pickSnapshot(d.id, s.step);
-            out.textContent = `Kept step ${s.step}: "${a.name}" (${formatBytes(a.bytes)}) is now the result in the library.`;
+            pickMessage = { id: d.id, text: `Kept step ${s.step}: "${a.name}" (${formatBytes(a.bytes)}) is now the result in the library.` };
+            out.textContent = pickMessage.text;
             showNotice(`Kept the step ${s.step} snapshot as ${a.name}.`);
           }),
         );
@@ -285,7 +297,7 @@ function renderDetail(): void {
       h('h2', {}, titleOf(d)),
       h('span', { class: `status status-${d.status}`, testid: 'job-status' }, STATUS_LABEL[d.status] ?? d.status),
     ),
-    h('p', { class: 'hint' }, [`Started ${formatDate(d.started ?? d.created)}`, d.finished ? ` · ended ${formatDate(d.finished)}` : ''].join('')),
+    h('p', { class: 'hint' }, [`Started ${formatDate(d.started ?? d.created)}`, d.finished && isFinished(d.status) ? ` · ended ${formatDate(d.finished)}` : ''].join('')),
     h('div', { class: 'job-progress-line' }, progressBar(d.progress, d.status), h('span', { testid: 'job-detail-steps', class: 'job-steps' }, stepsText(d.progress)), h('span', { class: 'hint', testid: 'job-message' }, d.progress?.message ?? '')),
     d.error ? h('p', { class: 'bad', testid: 'job-error', role: 'alert' }, d.error) : null,
     actions,
@@ -350,7 +362,14 @@ export function createJobsTab(): HTMLElement {
   onEvent((ev) => {
     if (ev.type === 'job') {
       upsert(ev.job);
-      if (ev.job.id === selectedId) scheduleRefresh(200);
+      if (ev.job.id === selectedId) {
+        // Show the new status (and its buttons) at once; records and snapshots follow the fetch.
+        if (detail && detail.id === ev.job.id) {
+          detail = { ...detail, ...ev.job };
+          renderDetail();
+        }
+        scheduleRefresh(150);
+      }
     } else if (ev.type === 'progress') onProgress(ev);
     else onRecord(ev.id, ev.record);
   });

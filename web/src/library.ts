@@ -118,7 +118,7 @@ function row(kind: 'model' | AdapterKind, item: ModelInfo | AdapterInfo): HTMLEl
     'li',
     { class: 'library-row', testid: 'library-row', 'data-kind': kind, 'data-name': name },
     h('div', { class: 'row-main' },
-      h('div', { class: 'row-name' }, h('strong', {}, name), builtin ? h('span', { class: 'badge' }, 'built in') : null, h('span', { class: 'hint' }, sub)),
+      h('div', { class: 'row-name' }, h('span', {}, h('strong', {}, name), builtin ? h('span', { class: 'badge' }, 'built in') : null), h('span', { class: 'hint' }, sub)),
       h('span', { class: 'size' }, formatBytes(item.bytes)),
       h('div', { class: 'row-actions' }, inspect, kind === 'model' ? null : convertControls(item as AdapterInfo, convertStatus), del),
     ),

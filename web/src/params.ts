@@ -1,7 +1,7 @@
 // Reads A1111's "parameters" text (as stored in every generated PNG) back into form values:
 //   a prompt (one or more lines)
 //   Negative prompt: … (optional, may span lines)
-//   Steps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1, Size: 64x64, Model: toy
+//   Steps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1, Size: 32x32, Model: toy, LoRA: "style: 0.8"
 // The same rules as A1111's parse_generation_parameters, so files from A1111 read the same way.
 import type { GenerateRequest } from '../../src/server/api-types.ts';
 
@@ -33,7 +33,7 @@ export interface ParsedParameters {
   width?: number;
   height?: number;
   model?: string;
-  /** <lora:name:w> and <hypernet:name:w> tags found in the prompt (also removed from `prompt`). */
+  /** Adapters used: <lora:name:w> / <hypernet:name:w> tags (cut from `prompt`) and the LoRA / Hypernet fields. */
   tags: AdapterTag[];
 }
 
@@ -103,6 +103,14 @@ export function parseParameters(text: string): ParsedParameters {
     .trim();
 
   const settings = settingsOf(last);
+  // sdtune (like A1111's extra-network fields) lists the adapters it applied as
+  // LoRA: "name: weight, name2: weight" and Hypernet: "name: weight".
+  for (const [key, kind] of [['LoRA', 'lora'], ['Hypernet', 'hypernetwork']] as const) {
+    for (const part of (settings[key] ?? '').split(',')) {
+      const m = /^\s*(.+?)\s*:\s*([-+\d.eE]+)\s*$/.exec(part);
+      if (m && !tags.some((t) => t.kind === kind && t.name === m[1])) tags.push({ kind, name: m[1], weight: num(m[2]) ?? 1 });
+    }
+  }
   const out: ParsedParameters = { prompt, negative, settings, tags };
   out.steps = num(settings['Steps']);
   out.cfg = num(settings['CFG scale']);

@@ -103,7 +103,7 @@ const sampleEvery = num('train-sample-every', { value: 25, min: 1 });
 const samplePrompts = h('textarea', { testid: 'train-sample-prompts', rows: 3, placeholder: 'a sks heart, on a striped cyan background' });
 const settingsJson = h('textarea', { testid: 'train-settings-json', rows: 6, spellcheck: false, class: 'mono' }, '{}');
 const preflightButton = h('button', { type: 'button', testid: 'train-preflight', class: 'secondary' }, 'Check first');
-const startButton = h('button', { type: 'submit', testid: 'train-start', class: 'primary' }, 'Start training');
+const startButton = h('button', { type: 'button', testid: 'train-start', class: 'primary' }, 'Start training');
 const preflightResult = h('div', { testid: 'preflight-result', class: 'preflight', 'aria-live': 'polite' });
 
 /** Wrappers of the fields that belong to some techniques only. */
@@ -347,7 +347,7 @@ export function createTrainTab(): HTMLElement {
         field('Sample prompts', samplePrompts, 'One per line; pictures are made with them as training goes.', 'wide'),
       ),
       h('details', { class: 'json-settings' },
-        h('summary', {}, 'All settings (JSON)'),
+        h('summary', { testid: 'train-settings-toggle' }, 'All settings (JSON)'),
         h('p', { class: 'hint' }, 'Any setting of `sdtune train`, e.g. {"seed": 1, "earlyStop": 3}. These win over the form above.'),
         h('label', { class: 'field' }, h('span', { class: 'field-label' }, 'Extra settings'), settingsJson),
       ),
@@ -355,10 +355,9 @@ export function createTrainTab(): HTMLElement {
     h('div', { class: 'actions' }, preflightButton, startButton),
     preflightResult,
   );
-  form.addEventListener('submit', (ev) => {
-    ev.preventDefault();
-    void busy(startButton, startTraining);
-  });
+  // Training is costly, so only the button starts it; Enter in a field must not.
+  form.addEventListener('submit', (ev) => ev.preventDefault());
+  startButton.addEventListener('click', () => void busy(startButton, startTraining));
   setTechnique(technique);
   return form;
 }

@@ -20,7 +20,7 @@ const detailEl = h('div', { class: 'dataset-detail', testid: 'dataset-detail' })
 const upload = h('input', { type: 'file', multiple: true, accept: 'image/png,image/jpeg,image/webp,.txt', testid: 'dataset-upload', id: 'dataset-upload' });
 const grid = h('div', { class: 'dataset-grid', testid: 'dataset-grid' });
 const results = h('ul', { class: 'upload-results', testid: 'upload-results', 'aria-live': 'polite' });
-const resolution = h('input', { type: 'number', testid: 'dataset-bucket-resolution', value: 64, min: 8, max: 4096, step: 8 });
+const resolution = h('input', { type: 'number', testid: 'dataset-bucket-resolution', value: 32, min: 8, max: 4096, step: 8 });
 const bucketsButton = h('button', { type: 'button', class: 'secondary', testid: 'dataset-buckets' }, 'Preview buckets');
 const bucketsOut = h('pre', { class: 'buckets', testid: 'bucket-preview', hidden: true });
 
@@ -153,7 +153,7 @@ function renderDetail(): void {
     ),
     results,
     h('div', { class: 'buckets-box' },
-      field('Training size', resolution, 'Pictures are grouped by shape at about this many pixels a side (64 for the toy model, 512 for SD 1.x).'),
+      field('Training size', resolution, 'Pictures are grouped by shape at about this many pixels a side (32 for the toy model, 512 for SD 1.x).'),
       bucketsButton,
     ),
     bucketsOut,
@@ -308,7 +308,7 @@ export async function showDatasets(arg?: string): Promise<void> {
     if (!resolutionTouched) {
       const [status, models] = await Promise.all([api.status(), api.models()]);
       const m = models.find((x) => x.name === status.default_model);
-      resolution.value = !m || m.family === 'toy' || m.name.startsWith('toy') ? '64' : '512';
+      resolution.value = !m || m.family === 'toy' || m.name.startsWith('toy') ? '32' : '512';
     }
   } catch (e) {
     showError(e);

@@ -1,6 +1,6 @@
 // The Train tab: pick a technique (each with its trade-off in a sentence), a dataset and a preset,
 // check the run first (steps, time, memory), then start it and watch it in the Jobs tab.
-import type { DatasetSummary, ModelInfo, Preflight, TechniqueKind, TrainRequest } from '../../src/server/api-types.ts';
+import type { DatasetSummary, Job, ModelInfo, Preflight, TechniqueKind, TrainRequest } from '../../src/server/api-types.ts';
 import { api, waitForJob } from './api.ts';
 import { busy, clearError, field, fill, formatBytes, formatDuration, formatNumber, h, navigate, option, showError } from './ui.ts';
 
@@ -37,6 +37,8 @@ const ONLY_FOR: Record<string, readonly TechniqueKind[]> = {
   loraFormat: ['lora'],
   vectors: ['embedding'],
   initText: ['embedding'],
+  // The studio takes a built-in template by name (templateName); `template` would be a path.
+  templateName: ['embedding', 'hypernetwork'],
   template: ['embedding', 'hypernetwork'],
   layerStructure: ['hypernetwork'],
   activation: ['hypernetwork'],
@@ -61,9 +63,9 @@ interface PresetValues {
 // Tuned on the toy model (docs/toy-world.md): what the demo uses for a subject and a style.
 const TOY_PRESET: Record<TechniqueKind, PresetValues> = {
   dreambooth: { steps: 160, lr: 1e-4, token: 'sks', classPrompt: 'a heart', numClassImages: 12, extra: {} },
-  embedding: { steps: 200, lr: 5e-2, token: 'sksheart', extra: { template: 'filewords' } },
+  embedding: { steps: 200, lr: 5e-2, token: 'sksheart', extra: { templateName: 'filewords' } },
   lora: { steps: 300, lr: 5e-3, rank: 8, extra: { trainTextEncoder: false } },
-  hypernetwork: { steps: 300, lr: 5e-3, extra: { template: 'filewords' } },
+  hypernetwork: { steps: 300, lr: 5e-3, extra: { templateName: 'filewords' } },
 };
 const PRESETS: Record<string, { label: string; values: Record<TechniqueKind, PresetValues> }> = {
   subject: { label: 'A subject (a thing, a pet, a character)', values: TOY_PRESET },
@@ -240,10 +242,16 @@ async function runPreflight(): Promise<void> {
   clearError();
   const req = buildRequest();
   fill(preflightResult, h('p', { class: 'hint' }, 'Checking: timing one step on this machine…'));
-  const job = await api.preflight(req);
-  const final = await waitForJob(job.id, (j) => {
-    if (j.status === 'queued') fill(preflightResult, h('p', { class: 'hint' }, 'Waiting for the machine (another job is running)…'));
-  });
+  let final: Job;
+  try {
+    const job = await api.preflight(req);
+    final = await waitForJob(job.id, (j) => {
+      if (j.status === 'queued') fill(preflightResult, h('p', { class: 'hint' }, 'Waiting for the machine (another job is running)…'));
+    });
+  } catch (e) {
+    fill(preflightResult, h('p', { class: 'bad' }, 'The check could not run: see the message at the top.'));
+    throw e;
+  }
   if (final.status === 'done' && isPreflight(final.result)) {
     const p = final.result;
     fill(
@@ -333,7 +341,7 @@ export function createTrainTab(): HTMLElement {
         field('Learning rate', lr, 'How big each step is; too big forgets, too small learns nothing.'),
         field('Batch size', batchSize, 'Pictures per step; more needs more memory.'),
         techField(['lora'], 'Rank', rank, 'How much the LoRA can hold; bigger is a larger file.'),
-        techField(['dreambooth', 'embedding'], 'Token', token, 'The made-up word you will type in prompts, like "sks".'),
+        techField(['dreambooth', 'embedding'], 'Token', token, 'The made-up word you will type in prompts, like "sks". With the presets, write it in your captions too.'),
         techField(['dreambooth'], 'Class prompt', classPrompt, 'What your subject is in general, like "a heart".'),
         techField(['dreambooth'], 'Class images', classImages, 'Pictures of the general class made first, to keep the model from forgetting it.'),
       ),

@@ -6,7 +6,7 @@ import { dirname, extname, join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { decodePng, writePng } from '../formats/png.ts';
 import type { GenerateOptions } from '../sampling/pipeline.ts';
-import { embeddingFilesIn, runGenerateJob } from '../sampling/run.ts';
+import { embeddingFilesIn, runGenerateJob, stemOf } from '../sampling/run.ts';
 import { SCHEDULER_NAMES, type SchedulerName } from '../sampling/schedulers.ts';
 import { ProgressBar } from './progress.ts';
 import { TOY_MODEL_PATH, toyModelAvailable } from '../toy/model.ts';
@@ -144,9 +144,6 @@ export function runGenerate(args: string[]): GenerateCliResult {
 
 const LORA_FILE = /\.(safetensors|pt|ckpt|bin)$/i;
 
-function stemOf(file: string): string {
-  return file.replace(/^.*[\\/]/, '').replace(/\.[^.]+$/, '');
-}
 
 /** A1111's lookup of <lora:NAME> / <hypernet:NAME>: a file of that stem in the folder (or below). */
 function findNetwork(kind: 'lora' | 'hypernet', name: string, dir: string | undefined, ext: RegExp): string {

@@ -60,7 +60,8 @@ export function loadEmbeddings(model: StableDiffusion, files: readonly string[],
   return out;
 }
 
-const stemOf = (file: string): string => file.replace(/^.*[\\/]/, '').replace(/\.[^.]+$/, '');
+/** A file's name without folder and extension (A1111 names networks by it). */
+export const stemOf = (file: string): string => file.replace(/^.*[\\/]/, '').replace(/\.[^.]+$/, '');
 
 /** Runs one generation; the images carry A1111's parameters text (adapters named in it). */
 export function runGenerateJob(job: GenerateJob): GeneratedImage[] {

@@ -70,10 +70,6 @@ export function a1111Routes(s: Studio): { router: Router } {
   const P = '/sdapi/v1';
   let lastTimestamp = '0';
 
-  const checkpointTitle = async (name: string) => {
-    const h = await s.hash(s.modelPath(name));
-    return h ? `${name} [${h}]` : name;
-  };
   /** Titles, names, stems and short hashes all select a checkpoint (A1111's aliases). */
   const findCheckpoint = async (v: string): Promise<string> => {
     for (const m of await s.models()) {
@@ -126,7 +122,7 @@ export function a1111Routes(s: Studio): { router: Router } {
     for (let i = 0; i < iterations; i++) {
       const job = await s.submitGenerate({ ...base, seed: seed + i * batch });
       const done = await s.queue.wait(job.id);
-      if (done.status !== 'done') throw new HttpError(done.status === 'cancelled' ? 500 : 500, done.error ?? `generation ${done.status}`);
+      if (done.status !== 'done') throw new HttpError(500, done.error ?? `generation ${done.status}`);
       results.push(...(done.result as GenerateResult).images);
     }
     const images = results.map((r) => readFileSync(s.data.inside('outputs', r.file)).toString('base64'));
@@ -151,8 +147,8 @@ export function a1111Routes(s: Studio): { router: Router } {
   router.add('POST', `${P}/img2img`, async (req) => generate(await jsonBody(req), true));
 
   router.add('GET', `${P}/options`, async () => {
-    const current = s.currentModel();
-    return { json: { sd_model_checkpoint: await checkpointTitle(current), sd_checkpoint_hash: await s.hash(s.modelPath(current)), CLIP_stop_at_last_layers: s.store.setting('CLIP_stop_at_last_layers', 1), samples_format: 'png', outdir_samples: s.data.dir('outputs'), embeddings_dir: s.data.dir(ADAPTER_DIRS.embedding), hypernetwork_dir: s.data.dir(ADAPTER_DIRS.hypernetwork), lora_dir: s.data.dir(ADAPTER_DIRS.lora) } };
+    const current = (await s.models()).find((m) => m.name === s.currentModel())!;
+    return { json: { sd_model_checkpoint: current.title, sd_checkpoint_hash: await s.hash(s.modelPath(current.name)), CLIP_stop_at_last_layers: s.store.setting('CLIP_stop_at_last_layers', 1), samples_format: 'png', outdir_samples: s.data.dir('outputs'), embeddings_dir: s.data.dir(ADAPTER_DIRS.embedding), hypernetwork_dir: s.data.dir(ADAPTER_DIRS.hypernetwork), lora_dir: s.data.dir(ADAPTER_DIRS.lora) } };
   });
   router.add('POST', `${P}/options`, async (req) => {
     const b = await jsonBody(req);
@@ -190,7 +186,7 @@ export function a1111Routes(s: Studio): { router: Router } {
             metadata[k] = v;
           }
         }
-      } else metadata = {};
+      }
       return { name: a.name, alias: typeof metadata.ss_output_name === 'string' ? metadata.ss_output_name : a.name, path, metadata };
     }),
   }));
@@ -220,7 +216,7 @@ export function a1111Routes(s: Studio): { router: Router } {
       json: {
         progress: job ? frac : 0,
         eta_relative: job ? eta : 0,
-        state: { skipped: false, interrupted: job?.error === 'cancel requested', stopping_generation: false, job: job ? `${job.type} ${job.id}` : '', job_count: job ? 1 + s.queue.queuedCount() : 0, job_timestamp: lastTimestamp, job_no: 0, sampling_step: p?.step ?? 0, sampling_steps: p?.total ?? 0 },
+        state: { skipped: false, interrupted: s.queue.stopping, stopping_generation: false, job: job ? `${job.type} ${job.id}` : '', job_count: job ? 1 + s.queue.queuedCount() : 0, job_timestamp: lastTimestamp, job_no: 0, sampling_step: p?.step ?? 0, sampling_steps: p?.total ?? 0 },
         current_image: null,
         textinfo: p?.message ?? null,
       },

@@ -97,6 +97,10 @@ export class Store {
     return rows.map(toJob);
   }
 
+  count(status: JobStatus): number {
+    return (this.db.prepare('SELECT COUNT(*) AS n FROM jobs WHERE status = ?').get(status) as { n: number }).n;
+  }
+
   /** The oldest queued job (first come, first served). */
   nextQueued(): Job | null {
     const r = this.db.prepare("SELECT * FROM jobs WHERE status = 'queued' ORDER BY seq ASC LIMIT 1").get() as JobRow | undefined;

@@ -27,7 +27,8 @@ interface Running {
   child: ChildProcess;
   stderr: string[];
   finished: boolean;
-  killTimer?: NodeJS.Timeout;
+  /** cancel() was called: the end of the run is a cancellation, not a failure. */
+  cancelRequested: boolean;
 }
 
 export class JobQueue extends EventEmitter {
@@ -63,7 +64,12 @@ export class JobQueue extends EventEmitter {
   }
 
   queuedCount(): number {
-    return this.store.jobs({ status: ['queued'] }).length;
+    return this.store.count('queued');
+  }
+
+  /** The running job was asked to stop (A1111's progress reports it as interrupted). */
+  get stopping(): boolean {
+    return this.running?.cancelRequested ?? false;
   }
 
   submit(type: JobType, request: Record<string, unknown>): Job {
@@ -92,8 +98,8 @@ export class JobQueue extends EventEmitter {
     } else {
       r.child.kill('SIGTERM');
     }
-    this.store.update(id, { error: 'cancel requested' });
-    return this.store.job(id)!;
+    r.cancelRequested = true;
+    return j;
   }
 
   resume(id: string): Job {
@@ -158,7 +164,7 @@ export class JobQueue extends EventEmitter {
       return;
     }
     const child = fork(WORKER, [], { execArgv: ['--import', 'tsx', ...(this.o.workerArgs ?? [])], stdio: ['ignore', 'pipe', 'pipe', 'ipc'], serialization: 'advanced' });
-    const r: Running = { id: job.id, child, stderr: [], finished: false };
+    const r: Running = { id: job.id, child, stderr: [], finished: false, cancelRequested: false };
     this.running = r;
     const keep = (b: Buffer) => {
       r.stderr.push(...b.toString().split('\n').filter((l) => l.trim()));
@@ -170,7 +176,7 @@ export class JobQueue extends EventEmitter {
     child.on('message', (m: FromWorker) => this.onMessage(r, m));
     child.on('exit', (code, signal) => {
       if (!r.finished) {
-        const cancelled = this.store.job(r.id)?.error === 'cancel requested';
+        const cancelled = r.cancelRequested;
         const why = signal ? `signal ${signal}` : `exit code ${code}`;
         const tail = r.stderr.slice(-5).join(' | ');
         this.setJob(r.id, cancelled
@@ -208,10 +214,9 @@ export class JobQueue extends EventEmitter {
           this.setJob(id, { status: 'failed', finished: now(), result: m.result, error: `the job finished but its result could not be stored: ${(e as Error).message}` });
           break;
         }
-        m = { type: 'done', result };
-        const res = m.result as { status?: string; message?: string } | null;
-        const cancelled = this.store.job(id)?.error === 'cancel requested' || res?.status === 'stopped';
-        this.setJob(id, cancelled ? { status: 'cancelled', finished: now(), result: m.result, error: `stopped: ${res?.message ?? 'a checkpoint was saved'}; resume to continue` } : { status: 'done', finished: now(), result: m.result, error: null });
+        const res = result as { status?: string; message?: string } | null;
+        const cancelled = r.cancelRequested || res?.status === 'stopped';
+        this.setJob(id, cancelled ? { status: 'cancelled', finished: now(), result, error: `stopped: ${res?.message ?? 'a checkpoint was saved'}; resume to continue` } : { status: 'done', finished: now(), result, error: null });
         break;
       }
       case 'error':

@@ -42,6 +42,7 @@ export class Studio {
   readonly queue: JobQueue;
   readonly device: string;
   private readonly hashes = new Map<string, string>();
+  private readonly inspected = new Map<string, ModelInfo>();
 
   constructor(o: StudioOptions) {
     this.data = new DataDir(o.data);
@@ -115,12 +116,20 @@ export class Studio {
     return v;
   }
 
+  /** The model list; each file is inspected and hashed once per size and time (A1111 clients ask often). */
   async models(): Promise<ModelInfo[]> {
     const out: ModelInfo[] = [];
     for (const [name, path] of this.modelPaths()) {
-      const r = inspectPath(path);
-      const hash = await this.hash(path);
-      out.push({ name, title: hash ? `${name} [${hash}]` : name, kind: r.kind, family: path === TOY_MODEL_PATH ? 'toy' : r.family, bytes: r.bytes, builtin: path === TOY_MODEL_PATH });
+      const st = statSync(path);
+      const key = `${name}:${path}:${st.size}:${st.mtimeMs}`;
+      let m = this.inspected.get(key);
+      if (!m) {
+        const r = inspectPath(path);
+        const hash = await this.hash(path);
+        m = { name, title: hash ? `${name} [${hash}]` : name, kind: r.kind, family: path === TOY_MODEL_PATH ? 'toy' : r.family, bytes: r.bytes, builtin: path === TOY_MODEL_PATH };
+        this.inspected.set(key, m);
+      }
+      out.push(m);
     }
     return out;
   }

@@ -5,7 +5,7 @@ import { benchFormats } from './formats.ts';
 import { benchSd } from './sd.ts';
 import { benchTrain } from './train.ts';
 import { readFileSync } from 'node:fs';
-import { benchToyMeter, calibrateMeter, type SweepResult } from './toy-meter.ts';
+import { benchToyMeter, runLine, sweepSummary, type SweepResult } from './toy-meter.ts';
 import type { BenchLine } from './common.ts';
 
 const suites: Record<string, () => BenchLine[] | Promise<BenchLine[]>> = {
@@ -15,12 +15,15 @@ const suites: Record<string, () => BenchLine[] | Promise<BenchLine[]>> = {
   train: benchTrain,
   // Streams its lines (the sweep takes a while); run.ts prints only the summary after it.
   'toy-meter': async () => (await benchToyMeter({ onLine: (l) => console.log(JSON.stringify(l)) })).slice(-2),
-  // Refits the meter's settings on a recorded sweep (SDTUNE_METER_LOG, default the committed one), no training.
+  // Re-scores a recorded sweep (SDTUNE_METER_LOG, default the committed one) with the meter as it is
+  // now and refits its settings: every run's line, the summary and the calibration; no training.
   'toy-meter-fit': () => {
     const file = process.env.SDTUNE_METER_LOG ?? 'docs/bench-cpu-toy-meter.jsonl';
-    const runs = readFileSync(file, 'utf8').split('\n').filter((l) => l.trim()).map((l) => JSON.parse(l)).filter((l) => l.name === 'toy-meter' && Array.isArray(l.log));
+    const lines = readFileSync(file, 'utf8').split('\n').filter((l) => l.trim()).map((l) => JSON.parse(l));
+    const summary = lines.find((l) => l.name === 'toy-meter-summary') ?? {};
+    const runs = lines.filter((l) => l.name === 'toy-meter' && Array.isArray(l.log));
     if (runs.length === 0) throw new Error(`${file} holds no sweep runs with their validation log: record one with npm run bench -- toy-meter`);
-    return [calibrateMeter(runs as SweepResult[])];
+    return [...(runs as SweepResult[]).map(runLine), ...sweepSummary(runs as SweepResult[], { scale: summary.scale, probe_count: summary.probe_count, rescored_from: file })];
   },
 };
 

@@ -40,7 +40,7 @@ export function sweepRuns(scale = 1): SweepRun[] {
     run('dreambooth-long-high-lr', 'dreambooth', 800, { lr: 3e-4 }),
     run('embedding', 'embedding', 400),
     run('lora-r4-lr5e-4', 'lora', 400, { rank: 4, alpha: 4, lr: 5e-4 }),
-    run('lora-r8-lr1e-3', 'lora', 400),
+    run('lora-r8-lr5e-3', 'lora', 400),
     run('lora-r16-lr3e-3-long', 'lora', 800, { rank: 16, alpha: 16, lr: 3e-3 }),
     run('hypernetwork', 'hypernetwork', 400),
   ];
@@ -59,7 +59,11 @@ export async function benchToyMeter(o: { scale?: number; probeCount?: number; ou
   const base = baseResults(TOY_MODEL_PATH, judge, probes);
   const lines: BenchLine[] = [];
   try {
-    for (const r of sweepRuns(scale)) {
+    // SDTUNE_METER_RUNS=name,name runs a subset; SDTUNE_METER_SETTINGS='{"emaDecay":0.98}' adds settings to every run.
+    const only = process.env.SDTUNE_METER_RUNS?.split(',').map((x) => x.trim()).filter(Boolean);
+    const extra = JSON.parse(process.env.SDTUNE_METER_SETTINGS ?? '{}') as Record<string, unknown>;
+    for (const r0 of sweepRuns(scale).filter((x) => !only || only.includes(x.name))) {
+      const r = { ...r0, settings: { ...r0.settings, ...extra } };
       const every = Math.max(1, Math.round(r.steps / 8));
       const dir = join(out, r.name);
       mkdirSync(dir, { recursive: true });
@@ -70,42 +74,67 @@ export async function benchToyMeter(o: { scale?: number; probeCount?: number; ou
       const t0 = Date.now();
       const { result } = await runTraining(c);
       const trainS = (Date.now() - t0) / 1000;
-      const gt: { step: number; fidelity: number; preservation: number; score: number }[] = [];
+      // Pictures behind each fidelity (its binomial noise): the concept prompts' probes.
+      const pictures = (r.concept === 'subject' ? probes.subject : probes.style).reduce((n, p) => n + p.count, 0);
+      const gt: (GroundTruth & { fidelity: number; preservation: number })[] = [];
       for (let step = every; step <= r.steps; step += every) {
         const snap = snapshotPath(file, r.technique === 'hypernetwork' ? '.pt' : '.safetensors', step);
         const path = existsSync(snap) ? snap : step === r.steps ? file : null;
         if (!path) continue;
         const s = scoreProduct(r, path, { token: c.token, modelPath: TOY_MODEL_PATH, judge, probes, base }).scores;
-        gt.push({ step, fidelity: round(s.concept_fidelity), preservation: round(s.prior_preservation), score: round(s.concept_fidelity * s.prior_preservation) });
+        gt.push({ step, fidelity: round(s.concept_fidelity), preservation: round(s.prior_preservation), score: round(s.concept_fidelity * s.prior_preservation), pictures });
         // DreamBooth snapshots are whole models: drop each once scored.
         if (r.technique === 'dreambooth' && path !== file) rmSync(path, { force: true });
       }
-      const rec = recommendStop(result.records);
-      const best = gt.reduce((a, b) => (b.score > a.score ? b : a), gt[0]);
-      const atRec = gt.find((g) => g.step === rec?.step) ?? gt[gt.length - 1];
-      const hit = isHit(gt, rec?.step);
-      const line: BenchLine = {
-        name: 'toy-meter', run: r.name, technique: r.technique, steps: r.steps, train_s: round(trainS, 1),
-        recommended_step: rec?.step ?? null, verdict: rec?.verdict ?? null, gt_best_step: best.step, gt_best_score: best.score, gt_score_at_recommended: atRec.score,
-        step_error: rec ? round(Math.abs(rec.step - best.step) / r.steps) : null, within_10pct: hit,
-        ground_truth: gt, meter: rec?.points.map((p) => ({ step: p.step, val: round(p.val, 5), drift: round(p.drift, 6) })) ?? [],
-        // The raw validation log, so that the meter's settings can be refitted without retraining.
-        log: result.records.filter((x) => x.val_loss !== undefined).map((x) => ({ step: x.step, val_loss: x.val_loss, prior_drift: x.prior_drift ?? 0 })),
-      };
+      const line = runLine({
+        run: r.name, technique: r.technique, steps: r.steps, train_s: round(trainS, 1), ground_truth: gt,
+        // The raw validation log, so that the meter can be re-scored and refitted without retraining.
+        log: result.records.filter((x) => x.val_loss !== undefined).map((x) => ({ step: x.step, val_loss: x.val_loss!, prior_drift: x.prior_drift ?? 0, val_by_t: x.val_by_t, concept_gap: x.concept_gap, gap_by_t: x.gap_by_t, drift_by_t: x.drift_by_t })),
+      });
       lines.push(line);
       o.onLine?.(line);
     }
   } finally {
     judge.dispose();
   }
-  const hits = lines.filter((l) => l.within_10pct).length;
-  lines.push({ name: 'toy-meter-summary', runs: lines.length, within_10pct: hits, share: round(hits / lines.length), scale, probe_count: probeCount, default_meter: DEFAULT_METER });
-  lines.push(calibrateMeter(lines.filter((l) => l.name === 'toy-meter') as unknown as SweepResult[]));
+  lines.push(...sweepSummary(lines as unknown as SweepResult[], { scale, probe_count: probeCount }));
   return lines;
 }
 
-type GroundTruth = { step: number; score: number };
-export interface SweepResult { run: string; ground_truth: GroundTruth[]; log: { step: number; val_loss: number; prior_drift: number }[] }
+type GroundTruth = { step: number; score: number; fidelity?: number; preservation?: number; pictures?: number };
+export interface SweepResult {
+  run: string;
+  technique: TechniqueKind;
+  steps: number;
+  train_s: number;
+  ground_truth: GroundTruth[];
+  log: (Pick<StepRecord, 'step' | 'val_by_t' | 'concept_gap' | 'gap_by_t' | 'drift_by_t'> & { val_loss: number; prior_drift: number })[];
+}
+
+/** A run's line: its ground truth and log, and what the meter (as it is now) makes of the log. */
+export function runLine(r: SweepResult): BenchLine {
+  const gt = r.ground_truth;
+  const rec = recommendStop(r.log as unknown as StepRecord[]);
+  const best = gt.reduce((a, b) => (b.score > a.score ? b : a), gt[0]);
+  const atRec = gt.find((g) => g.step === rec?.step) ?? gt[gt.length - 1];
+  return {
+    name: 'toy-meter', run: r.run, technique: r.technique, steps: r.steps, train_s: r.train_s,
+    recommended_step: rec?.step ?? null, verdict: rec?.verdict ?? null, signal: rec?.signal ?? null, gt_best_step: best.step, gt_best_score: best.score, gt_score_at_recommended: atRec.score,
+    step_error: rec ? round(Math.abs(rec.step - best.step) / r.steps) : null, within_10pct: isHit(gt, rec?.step), within_noise: isHitWithinNoise(gt, rec?.step),
+    ground_truth: gt, meter: rec?.points.map((p) => ({ step: p.step, concept: round(p.concept, 6), progress: round(p.progress), drift: round(p.drift), score: round(p.score) })) ?? [],
+    log: r.log,
+  };
+}
+
+/** The summary and calibration lines of a sweep. */
+export function sweepSummary(runs: readonly SweepResult[], o: Record<string, unknown> = {}): BenchLine[] {
+  const lines = runs.map(runLine);
+  const hits = lines.filter((l) => l.within_10pct).length;
+  return [
+    { name: 'toy-meter-summary', runs: lines.length, within_10pct: hits, share: round(hits / lines.length), within_noise: lines.filter((l) => l.within_noise).length, ...o, default_meter: DEFAULT_METER },
+    calibrateMeter(runs),
+  ];
+}
 
 /** A hit: the ground-truth score at the recommended step is within 10 % of the run's best. */
 export function isHit(gt: readonly GroundTruth[], step: number | undefined): boolean {
@@ -115,31 +144,64 @@ export function isHit(gt: readonly GroundTruth[], step: number | undefined): boo
   return best === 0 ? at === 0 : at >= 0.9 * best;
 }
 
-const GRID: Required<MeterOptions>[] = [];
-for (const driftWeight of [0, 0.5, 1, 2, 4, 8]) for (const tolerance of [0, 0.01, 0.02, 0.05, 0.1, 0.2]) for (const smoothing of [0, 0.3, 0.5, 0.7]) GRID.push({ driftWeight, tolerance, smoothing });
-
-function hitsWith(runs: readonly SweepResult[], m: MeterOptions): number {
-  return runs.filter((r) => isHit(r.ground_truth, recommendStop(r.log as StepRecord[], m)?.step)).length;
+/**
+ * A hit, or a miss the judge cannot tell from one: the best snapshot's score exceeds the pick's by
+ * less than twice the standard error of their difference (binomial, from the fidelity's picture
+ * count; the preservation factor taken as exact). The best of eight noisy scores is partly luck,
+ * so this asks whether the pick is as good as the best to within what was measured.
+ */
+export function isHitWithinNoise(gt: readonly GroundTruth[], step: number | undefined): boolean {
+  if (isHit(gt, step)) return true;
+  const best = gt.reduce((a, b) => (b.score > a.score ? b : a), gt[0]);
+  const at = gt.find((g) => g.step === step) ?? gt[gt.length - 1];
+  const se = (g: GroundTruth) => (g.pictures && g.fidelity !== undefined ? (g.preservation ?? 1) * Math.sqrt((g.fidelity * (1 - g.fidelity)) / g.pictures) : 0);
+  return best.score - at.score < 2 * Math.hypot(se(best), se(at));
 }
 
-/**
- * Are the meter's settings right? Fits driftWeight, tolerance and smoothing on half the runs (even
- * positions; ties go to the setting nearest the defaults) and counts hits on the other half, whose
- * ground truth took no part in the choice; the defaults are counted on the same half.
- */
-export function calibrateMeter(runs: readonly SweepResult[]): BenchLine {
-  const fit = runs.filter((_, i) => i % 2 === 0);
-  const check = runs.filter((_, i) => i % 2 === 1);
-  const distance = (m: Required<MeterOptions>) => Math.abs(Math.log2((m.driftWeight + 0.25) / (DEFAULT_METER.driftWeight + 0.25))) + Math.abs(m.tolerance - DEFAULT_METER.tolerance) * 10 + Math.abs(m.smoothing - DEFAULT_METER.smoothing);
+const GRID: Required<MeterOptions>[] = [];
+for (const driftWeight of [0, 0.1, 0.25, 0.5, 1, 2, 4]) for (const tolerance of [0, 0.05, 0.1, 0.2, 0.3]) for (const smoothing of [0, 0.3, 0.5]) for (const detailTimesteps of [1, 2, 3]) GRID.push({ driftWeight, tolerance, smoothing, detailTimesteps });
+
+function hitsWith(runs: readonly SweepResult[], m: MeterOptions): number {
+  return runs.filter((r) => isHit(r.ground_truth, recommendStop(r.log as unknown as StepRecord[], m)?.step)).length;
+}
+
+const distance = (m: Required<MeterOptions>) =>
+  Math.abs(Math.log2((m.driftWeight + 0.25) / (DEFAULT_METER.driftWeight + 0.25))) + Math.abs(m.tolerance - DEFAULT_METER.tolerance) * 5 + Math.abs(m.smoothing - DEFAULT_METER.smoothing) + Math.abs(m.detailTimesteps - DEFAULT_METER.detailTimesteps) / 4;
+
+/** The grid's best settings on these runs (ties go to the setting nearest the defaults). */
+export function fitMeter(runs: readonly SweepResult[]): { settings: Required<MeterOptions>; hits: number } {
   let chosen = GRID[0];
   let chosenHits = -1;
   for (const m of GRID) {
-    const h = hitsWith(fit, m);
+    const h = hitsWith(runs, m);
     if (h > chosenHits || (h === chosenHits && distance(m) < distance(chosen))) [chosen, chosenHits] = [m, h];
   }
+  return { settings: chosen, hits: chosenHits };
+}
+
+/**
+ * Are the meter's settings right? The defaults' hits on every run; then leave-one-out: for each
+ * run, the settings fitted on the others, scored on it (ground truth it took no part in choosing)
+ * — the honest estimate of how a fitted meter does on a run it has not seen. Also the baseline of
+ * always taking the last step.
+ */
+export function calibrateMeter(runs: readonly SweepResult[]): BenchLine {
+  const held = runs.map((r, i) => {
+    const fit = fitMeter(runs.filter((_, j) => j !== i));
+    return { run: r.run, settings: fit.settings, hit: hitsWith([r], fit.settings) === 1 };
+  });
+  const all = fitMeter(runs);
   return {
-    name: 'toy-meter-calibration', fit_runs: fit.map((r) => r.run), check_runs: check.map((r) => r.run),
-    fitted: chosen, fitted_hits_on_fit: chosenHits, fitted_hits_on_check: hitsWith(check, chosen),
-    default_hits_on_fit: hitsWith(fit, DEFAULT_METER), default_hits_on_check: hitsWith(check, DEFAULT_METER), check_size: check.length,
+    name: 'toy-meter-calibration', runs: runs.length,
+    default_meter: DEFAULT_METER, default_hits: hitsWith(runs, DEFAULT_METER),
+    fitted_on_all: all.settings, fitted_hits_in_sample: all.hits,
+    leave_one_out_hits: held.filter((h) => h.hit).length, leave_one_out: held,
+    last_step_hits: runs.filter((r) => isHit(r.ground_truth, r.ground_truth[r.ground_truth.length - 1]?.step)).length,
+    // The same counts, a miss the judge cannot tell from the best counting as a hit.
+    within_noise: {
+      default_hits: runs.filter((r) => isHitWithinNoise(r.ground_truth, recommendStop(r.log as unknown as StepRecord[], DEFAULT_METER)?.step)).length,
+      leave_one_out_hits: held.filter((h, i) => isHitWithinNoise(runs[i].ground_truth, recommendStop(runs[i].log as unknown as StepRecord[], h.settings)?.step)).length,
+      last_step_hits: runs.filter((r) => isHitWithinNoise(r.ground_truth, r.ground_truth[r.ground_truth.length - 1]?.step)).length,
+    },
   };
 }

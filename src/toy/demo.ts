@@ -23,7 +23,7 @@ import { runTraining } from '../training/run.ts';
 import { recommendStop, type Recommendation } from '../training/meter.ts';
 import type { StepRecord } from '../training/loop.ts';
 import type { TechniqueKind } from '../training/technique.ts';
-import { CLASS_PROMPT, SUBJECT_TOKEN, conceptTrainingSet, writeWorldFolder } from './world.ts';
+import { CLASS_PROMPT, SUBJECT_TOKEN, caption, conceptTrainingSet, sampleScene, writeWorldFolder } from './world.ts';
 import { loadJudge, type ToyJudge, type JudgeAccuracy } from './judge.ts';
 import { classProbes, runProbes, styleProbes, subjectProbes, subjectScores, styleScores, type Probe, type ProbeResult, type Renderer } from './metrics.ts';
 import { PALETTE, barChart, imageGrid, lineChart } from './chart.ts';
@@ -39,6 +39,9 @@ export interface DemoRun {
 
 const COMMON = { batchSize: 4, validateEvery: 10, seed: 1, lrSchedule: 'constant' };
 
+/** A style has no class prompt: the meter's prior drift is measured on plain captions (none of them a probe's). */
+const PLAIN_PROMPTS = Array.from({ length: 4 }, (_, i) => caption(sampleScene(977, i)));
+
 /**
  * Short, fixed settings for the toy model (the benchmark sweeps others). One embedding vector: the
  * toy text encoder reads positions closely, and two vectors for one word shift every later token.
@@ -46,8 +49,8 @@ const COMMON = { batchSize: 4, validateEvery: 10, seed: 1, lrSchedule: 'constant
 export const DEMO_RUNS: readonly DemoRun[] = [
   { technique: 'dreambooth', concept: 'subject', settings: { ...COMMON, steps: 160, lr: 1e-4, token: SUBJECT_TOKEN, classPrompt: CLASS_PROMPT, numClassImages: 12, priorLossWeight: 1, saveDtype: 'fp16' } },
   { technique: 'embedding', concept: 'subject', settings: { ...COMMON, steps: 200, lr: 5e-2, token: SUBJECT_TOKEN, initText: 'heart', vectors: 1, template: 'filewords' } },
-  { technique: 'lora', concept: 'style', settings: { ...COMMON, steps: 300, lr: 5e-3, rank: 8, alpha: 8, trainTextEncoder: false } },
-  { technique: 'hypernetwork', concept: 'style', settings: { ...COMMON, steps: 300, lr: 5e-3, template: 'filewords' } },
+  { technique: 'lora', concept: 'style', settings: { ...COMMON, steps: 300, lr: 5e-3, rank: 8, alpha: 8, trainTextEncoder: false, priorPrompts: PLAIN_PROMPTS } },
+  { technique: 'hypernetwork', concept: 'style', settings: { ...COMMON, steps: 300, lr: 5e-3, template: 'filewords', priorPrompts: PLAIN_PROMPTS } },
 ];
 
 /** The sweep of adapter weights for the style techniques. */

@@ -16,7 +16,7 @@ import { createHash } from 'node:crypto';
 import type { Sharp, SharpConstructor } from 'sharp';
 import * as T from '../torch/index.ts';
 import { MAX_PIXELS } from '../formats/png.ts';
-import { DatasetError, Rng, buildCaption, captionFromFileName, cleanCaption, decodeCaption, type CaptionOptions } from './captions.ts';
+import { DatasetError, Rng, buildCaption, captionFromFileName, cleanCaption, decodeCaption, fillTemplate, type CaptionOptions } from './captions.ts';
 import { bucketConfig, makeBuckets, selectBucket, type BucketOptions, type Size } from './buckets.ts';
 
 export * from './captions.ts';
@@ -391,6 +391,13 @@ export class Dataset {
       warnings.push('class images have no captions, no folder words and no classPrompt: they train on an empty caption');
     }
     return new Dataset(o, subsets, samples, skipped, warnings);
+  }
+
+  /** The captions a sample can train on, one per template line, before tag shuffle and dropout. */
+  captionVariants(s: ImageSample): string[] {
+    const c = this.options.caption ?? {};
+    if (s.isClass || !c.template?.length) return [s.caption];
+    return c.template.map((line) => fillTemplate(line, c.name ?? '', s.caption));
   }
 
   /** Whether the caption of a sample can change from step to step (then text embeddings cannot be cached). */

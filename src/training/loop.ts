@@ -75,6 +75,8 @@ export interface TrainOptions {
   validateEvery?: number;
   /** Class prompts for the prior-drift meter (how far the model moved on ordinary prompts). */
   priorPrompts?: string[];
+  /** The concept's word (DreamBooth's token, the embedding's name): validation also logs the concept gap. */
+  conceptWord?: string;
   /** Early stop: end the run once the meter's recommended step (meter.ts) has stood for this many validations. */
   earlyStop?: number;
   /** Resume from the newest checkpoint in workDir, if there is one. */
@@ -93,7 +95,14 @@ export interface StepRecord {
   lr: number;
   step_ms: number;
   val_loss?: number;
+  /** The held-out loss at each validation timestep (100, 300, 500, 700, 900). */
+  val_by_t?: number[];
+  /** Held-out loss captioned without the concept word minus with it (see Trainer.validation). */
+  concept_gap?: number;
+  gap_by_t?: number[];
   prior_drift?: number;
+  /** The prior drift at each validation timestep. */
+  drift_by_t?: number[];
   samples?: string[];
   checkpoint?: string;
 }
@@ -113,6 +122,12 @@ export interface TrainResult {
 export function snapshotPath(out: string, ext: string, step: number): string {
   const base = ext && out.endsWith(ext) ? out.slice(0, -ext.length) : out;
   return `${base}-step${String(step).padStart(6, '0')}${ext}`;
+}
+
+/** A caption with every whole-word occurrence of `word` taken out ("a large sks heart" → "a large heart"). */
+export function withoutWord(caption: string, word: string): string {
+  const esc = word.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+  return caption.replace(new RegExp(`(^|[\\s,(])${esc}(?=$|[\\s,.:)])`, 'gu'), '$1').replace(/\s{2,}/g, ' ').trim();
 }
 
 export class TrainingError extends Error {
@@ -147,7 +162,7 @@ export class Trainer {
   private readonly params: [string, T.Tensor][];
   private ema: Map<string, T.Tensor> | null = null;
   private basePriorPreds: T.Tensor[] | null = null;
-  private priorInputs: { x: T.Tensor; t: number[]; ctx: T.Tensor }[] = [];
+  private priorInputs: { prompt: string; x: T.Tensor; t: number[]; ctx: T.Tensor }[] = [];
   private scaler: T.optim.GradScaler | null = null;
   /** A1111's piecewise rates are absolute; named schedules scale each group's own rate. */
   private readonly piecewise: boolean;
@@ -291,28 +306,45 @@ export class Trainer {
 
   /** Mean loss on the held-out images at fixed noise (seeded) and fixed timesteps. */
   validationLoss(): number | undefined {
+    return this.validation()?.loss;
+  }
+
+  /**
+   * The held-out pass at fixed noise (seeded) and fixed timesteps: the mean loss, the loss at each
+   * of VAL_TIMESTEPS (fine detail is settled at low t, layout and colour at high t) and, with a
+   * concept word, the concept gap: the loss of the same pictures, noise and timesteps captioned
+   * without the word, minus their loss with it — how much the word has come to mean the concept.
+   */
+  validation(): { loss: number; byT: number[]; gap?: number; gapByT?: number[] } | undefined {
     const batches = this.data.validation?.();
     if (!batches || batches.length === 0) return undefined;
+    const word = this.o.conceptWord;
     const saved = this.gen.getState();
     try {
       return T.noGrad(() => {
-        let sum = 0;
-        let count = 0;
+        const byT = VAL_TIMESTEPS.map(() => 0);
+        const gapByT = VAL_TIMESTEPS.map(() => 0);
+        let hasGap = false;
         const g = new T.Generator((this.o.seed ?? 0) + 7919);
         for (const b of batches) {
-          for (const t of VAL_TIMESTEPS) {
-            const l = T.tidy(() => {
+          const without = word ? b.captions.map((c) => withoutWord(c, word)) : null;
+          const gapHere = without !== null && without.some((c, i) => c !== b.captions[i]);
+          hasGap ||= gapHere;
+          VAL_TIMESTEPS.forEach((t, k) => {
+            T.tidy(() => {
               const shape = [b.pixels.size(0), this.technique.model.unet.cfg.inChannels, b.pixels.size(2) / this.vaeFactor, b.pixels.size(3) / this.vaeFactor];
               const noise = T.randn(shape, { generator: g }).to(this.technique.model.device);
               const ws = { ...b, weights: b.weights.map(() => 1) };
-              return this.batchLoss(ws, { noise, t: Array<number>(shape[0]).fill(t) }).item(); // .item(): host sync
+              const fixed = { noise, t: Array<number>(shape[0]).fill(t) };
+              const l = this.batchLoss(ws, fixed).item(); // .item(): host sync
+              byT[k] += l / batches.length;
+              if (gapHere) gapByT[k] += (this.batchLoss({ ...ws, captions: without!, keys: ws.keys }, fixed).item() - l) / batches.length;
             });
-            sum += l;
-            count++;
-          }
+          });
           this.disposeBatch(b);
         }
-        return sum / count;
+        const mean = (xs: number[]) => xs.reduce((a, x) => a + x, 0) / xs.length;
+        return { loss: mean(byT), byT, ...(hasGap ? { gap: mean(gapByT), gapByT } : {}) };
       });
     } finally {
       // The validation pass must not move the training generator (resume stays exact).
@@ -335,7 +367,7 @@ export class Trainer {
       for (const p of prompts) {
         const ctx = T.keep(encodeChunks(m, promptChunks(m, p)));
         const x = T.keep(T.randn([VAL_TIMESTEPS.length, m.unet.cfg.inChannels, side, side], { generator: g }).to(m.device));
-        this.priorInputs.push({ x, t: VAL_TIMESTEPS, ctx });
+        this.priorInputs.push({ prompt: p, x, t: VAL_TIMESTEPS, ctx });
       }
     }));
   }
@@ -343,16 +375,23 @@ export class Trainer {
   private priorPreds(): T.Tensor[] {
     const m = this.technique.model;
     return T.noGrad(() => this.priorInputs.map((pi) => T.tidy(() => {
-      const ctx = pi.ctx.repeat(pi.t.length, 1, 1);
+      // A trained text encoder moves the class prompt's encoding too: encode it again then.
+      const ctx = (this.technique.needsTextGrad ? this.encode([pi.prompt]) : pi.ctx).repeat(pi.t.length, 1, 1);
       return m.unet.forward(pi.x, T.tensor(pi.t, { dtype: 'int64', device: m.device }), ctx);
     })));
   }
 
   /** Mean squared distance of the current predictions on class prompts from the base model's. */
   priorDrift(): number | undefined {
+    const d = this.priorDriftByT();
+    return d && d.reduce((a, x) => a + x, 0) / d.length;
+  }
+
+  /** The prior drift at each of VAL_TIMESTEPS, averaged over the prompts. */
+  priorDriftByT(): number[] | undefined {
     if (!this.basePriorPreds) return undefined;
     const now = this.priorPreds();
-    const d = T.tidy(() => now.reduce((s, p, i) => s + p.sub(this.basePriorPreds![i]).pow(2).mean().item(), 0) / now.length); // .item(): host sync
+    const d = VAL_TIMESTEPS.map((_, k) => T.tidy(() => now.reduce((s, p, i) => s + p.select(0, k).sub(this.basePriorPreds![i].select(0, k)).pow(2).mean().item(), 0) / now.length)); // .item(): host sync
     for (const t of now) t.dispose();
     return d;
   }
@@ -577,10 +616,14 @@ export class Trainer {
       const rec: StepRecord = { step: this.step, epoch, loss, lr: lrs[0], step_ms: Date.now() - ts };
       const every = (n: number | undefined) => n !== undefined && n > 0 && (this.step % n === 0 || this.step === o.steps);
       if (every(o.validateEvery)) {
-        const v = this.validationLoss();
-        if (v !== undefined) rec.val_loss = v;
-        const d = this.priorDrift();
-        if (d !== undefined) rec.prior_drift = d;
+        const v = this.validation();
+        if (v) {
+          rec.val_loss = v.loss;
+          rec.val_by_t = v.byT;
+          if (v.gap !== undefined) [rec.concept_gap, rec.gap_by_t] = [v.gap, v.gapByT];
+        }
+        const d = this.priorDriftByT();
+        if (d) [rec.prior_drift, rec.drift_by_t] = [d.reduce((a, x) => a + x, 0) / d.length, d];
       }
       if (every(o.sampleEvery)) rec.samples = this.samples();
       if (every(o.checkpointEvery)) {

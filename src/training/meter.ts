@@ -1,38 +1,47 @@
-// The over/underfitting meter turned into advice: from a run's log (val_loss on held-out concept
-// images, prior_drift on class prompts, both at fixed noise and timesteps), the step to stop at.
-//   underfitting: the held-out loss is still falling — the concept is not learnt yet;
-//   overfitting:  the held-out loss rises again (the training pictures are memorised), or the
-//                 prior drift keeps growing after the held-out loss has levelled off (the class
-//                 forgets itself).
-// The rule: smooth both curves; the recommended step is the earliest validation whose score
-//   val / val_min + driftWeight · drift / val_min
-// is within `tolerance` of the best score. Earliest, because past the knee more steps buy little
-// and cost drift. The benchmark's sweep (bench/toy-meter.ts) checks it against ground truth.
+// The over/underfitting meter turned into advice: from a run's log, the step to stop at. Two
+// curves, both measured at fixed noise and timesteps (src/training/loop.ts):
+//   concept:  how far the concept has been learnt. With a concept word (DreamBooth, textual
+//             inversion) the concept gap: the held-out pictures' loss captioned without the word
+//             minus with it, which grows as the word comes to mean the concept and — being a
+//             difference on the same pictures and noise — ignores how well the pictures themselves
+//             are reconstructed. Without one (a style), the held-out loss at the low, fine-detail
+//             timesteps, falling as the look is learnt.
+//   drift:    the prior drift on class (or plain) prompts, as growth over its first value: what
+//             the model forgets.
+// The rule: smooth both; progress = the concept curve rescaled to [0, 1] over the run; score =
+// progress − driftWeight · drift growth; the recommended step is the earliest validation whose
+// score is within `tolerance` of the best. Earliest, because past the knee more steps buy little
+// and cost drift. The benchmark's sweep (bench/toy-meter.ts) fits the settings against ground
+// truth and checks them on runs left out of the fit.
 import type { StepRecord } from './loop.ts';
 
 export interface MeterOptions {
-  /** Weight of the prior drift against the held-out loss. */
+  /** Weight of the prior drift's growth against the concept's progress. */
   driftWeight?: number;
-  /** Relative slack: the earliest step scoring within it of the best is recommended. */
+  /** Slack, in progress units (0–1): the earliest step scoring within it of the best is recommended. */
   tolerance?: number;
   /** Smoothing of both curves (exponential, per validation point; 0 = none). */
   smoothing?: number;
+  /** Without a concept gap: how many of the lowest validation timesteps make the concept curve (5 = the whole held-out loss). */
+  detailTimesteps?: number;
 }
 
 export interface Recommendation {
   /** Recommended step (a validated step; the product snapshot of that step, when one was saved). */
   step: number;
-  /** The step with the lowest smoothed held-out loss. */
+  /** The step where the concept curve peaks (the most learnt). */
   bestValStep: number;
-  /** 'underfit' when the best is the last validation (train longer), 'ok', or 'overfit' when the run went past it by more than a third. */
+  /** 'underfit' when the concept was still being learnt at the last validation (train longer), 'ok', or 'overfit' when the run went past the pick by more than a third. */
   verdict: 'underfit' | 'ok' | 'overfit';
+  /** Which concept curve was used. */
+  signal: 'concept-gap' | 'held-out-loss';
   /** One sentence for the user. */
   message: string;
-  /** The validation points used: step, smoothed held-out loss, smoothed drift, score. */
-  points: { step: number; val: number; drift: number; score: number }[];
+  /** The validation points used: step, smoothed concept curve (higher = more learnt), its progress (0–1), smoothed drift growth, score. */
+  points: { step: number; concept: number; progress: number; drift: number; score: number }[];
 }
 
-export const DEFAULT_METER: Required<MeterOptions> = { driftWeight: 1, tolerance: 0.02, smoothing: 0.5 };
+export const DEFAULT_METER: Required<MeterOptions> = { driftWeight: 1, tolerance: 0.05, smoothing: 0.3, detailTimesteps: 2 };
 
 function smooth(xs: number[], a: number): number[] {
   const out: number[] = [];
@@ -40,25 +49,39 @@ function smooth(xs: number[], a: number): number[] {
   return out;
 }
 
+const finite = (x: number | undefined): x is number => x !== undefined && Number.isFinite(x);
+const mean = (xs: readonly number[]) => xs.reduce((a, x) => a + x, 0) / xs.length;
+
 /** The recommended stop from a run's records; null when the log has no validation points. */
 export function recommendStop(records: readonly StepRecord[], o: MeterOptions = {}): Recommendation | null {
-  const { driftWeight, tolerance, smoothing } = { ...DEFAULT_METER, ...o };
-  const pts = records.filter((r) => r.val_loss !== undefined && Number.isFinite(r.val_loss));
+  const { driftWeight, tolerance, smoothing, detailTimesteps } = { ...DEFAULT_METER, ...o };
+  const pts = records.filter((r) => finite(r.val_loss));
   if (pts.length === 0) return null;
-  const val = smooth(pts.map((r) => r.val_loss!), smoothing);
-  const drift = smooth(pts.map((r) => (r.prior_drift !== undefined && Number.isFinite(r.prior_drift) ? r.prior_drift : 0)), smoothing);
-  const vmin = Math.min(...val);
-  const scale = vmin > 0 ? vmin : 1;
-  const score = val.map((v, i) => v / scale + (driftWeight * drift[i]) / scale);
-  const best = Math.min(...score);
-  const pick = score.findIndex((s) => s <= best * (1 + tolerance));
-  const bestVal = val.indexOf(vmin);
+  const k = Math.max(1, Math.round(detailTimesteps));
+  const gap = pts.every((r) => finite(r.concept_gap));
+  const signal: Recommendation['signal'] = gap ? 'concept-gap' : 'held-out-loss';
+  const raw = pts.map((r) => (gap ? r.concept_gap! : -(r.val_by_t?.length && k < r.val_by_t.length ? mean(r.val_by_t.slice(0, k)) : r.val_loss!)));
+  const concept = smooth(raw, smoothing);
+  const lo = Math.min(...concept);
+  const hi = Math.max(...concept);
+  const progress = concept.map((c) => (hi > lo ? (c - lo) / (hi - lo) : 0));
+  const driftRaw = smooth(pts.map((r) => (finite(r.prior_drift) ? r.prior_drift : 0)), smoothing);
+  const d0 = driftRaw[0];
+  const drift = driftRaw.map((d) => (d0 > 0 ? d / d0 - 1 : 0));
+  const score = progress.map((p, i) => p - driftWeight * drift[i]);
+  const best = Math.max(...score);
+  const pick = score.findIndex((s) => s >= best - tolerance);
+  const peak = concept.indexOf(hi);
   const step = pts[pick].step;
   const last = pts[pts.length - 1].step;
-  const verdict: Recommendation['verdict'] = bestVal === pts.length - 1 && pts.length > 1 ? 'underfit' : last > step * (4 / 3) ? 'overfit' : 'ok';
+  const verdict: Recommendation['verdict'] = peak === pts.length - 1 && pick === pts.length - 1 && pts.length > 1 ? 'underfit' : last > step * (4 / 3) ? 'overfit' : 'ok';
+  const what = gap ? 'the concept word' : 'the held-out pictures';
   const message =
-    verdict === 'underfit' ? `the held-out loss was still falling at step ${last}: train longer (step ${step} is the best so far)`
-    : verdict === 'overfit' ? `stop at step ${step}: after it the held-out loss stops improving${driftWeight > 0 ? ' and the prior drifts' : ''} (the run went on to step ${last})`
+    verdict === 'underfit' ? `${what} still improved at step ${last}: train longer (step ${step} is the best so far)`
+    : verdict === 'overfit' ? `stop at step ${step}: after it ${what} gain little${driftWeight > 0 && drift[drift.length - 1] > 0 ? ' and the prior drifts' : ''} (the run went on to step ${last})`
     : `step ${step} is a good stop (the run ended at ${last})`;
-  return { step, bestValStep: pts[bestVal].step, verdict, message, points: pts.map((r, i) => ({ step: r.step, val: val[i], drift: drift[i], score: score[i] })) };
+  return {
+    step, bestValStep: pts[peak].step, verdict, signal, message,
+    points: pts.map((r, i) => ({ step: r.step, concept: concept[i], progress: progress[i], drift: drift[i], score: score[i] })),
+  };
 }

@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { loadStableDiffusion, type StableDiffusion } from '../models/load.ts';
 import { Dataset, loadTemplate, type DatasetOptions } from './dataset.ts';
 import { DatasetTrainData } from './data.ts';
-import { Trainer, type StepRecord, type TrainResult } from './loop.ts';
+import { Trainer, TrainingError, type StepRecord, type TrainResult } from './loop.ts';
 import { ensureClassImages } from './class-images.ts';
 import type { TrainConfig } from './config.ts';
 import type { Technique } from './technique.ts';
@@ -26,6 +26,46 @@ export function makeTechnique(model: StableDiffusion, c: TrainConfig): Technique
       return new LoraTechnique(model, { rank: c.rank!, alpha: c.alpha!, convRank: c.convRank || undefined, convAlpha: c.convAlpha, trainTextEncoder: c.trainTextEncoder, lr: c.lr, textEncoderLr: c.textEncoderLr, format: c.loraFormat as 'kohya' | 'peft', saveDtype: c.saveDtype as 'fp16' | undefined, seed: c.seed });
     case 'hypernetwork':
       return new HypernetworkTechnique(model, { name: hypernetworkName(c), lr: c.lr, layerStructure: c.layerStructure, activation: c.activation, addLayerNorm: c.layerNorm, dropoutStructure: c.dropoutStructure, weightInit: c.weightInit as 'Normal' | undefined, sizes: c.sizes, seed: c.seed });
+  }
+}
+
+/** Micro-batches checkEmbeddingCaptions plans: a long run's every epoch would take longer than the mistakes it catches, which show in the first epochs. */
+const CHECKED_BATCHES = 5000;
+
+/**
+ * Textual inversion learns only where its word stands in a caption: a micro-batch whose captions
+ * all lack it has no gradient, and libtorch's backward fails ("does not require grad"). Epoch
+ * plans are deterministic, so the run's batches are checked here, before anything trains.
+ */
+export function checkEmbeddingCaptions(t: Technique, ds: Dataset, microBatches: number, accum = 1): void {
+  if (!(t instanceof EmbeddingTechnique) || ds.samples.length === 0) return;
+  const known = new Map<string, boolean>();
+  const has = (caption: string): boolean => {
+    let v = known.get(caption);
+    if (v === undefined) known.set(caption, (v = t.appearsIn(caption)));
+    return v;
+  };
+  const samples = ds.samples.filter((s) => !s.isClass);
+  const word = `the embedding's word "${t.triggerWord}"`;
+  const fix = 'put it in the captions, or use a template that adds it (subject_filewords, or style_filewords for a style)';
+  const lacking = samples.filter((s) => !ds.captionVariants(s).every(has));
+  if (samples.every((s) => !ds.captionVariants(s).some(has))) {
+    const n = samples.length;
+    throw new TrainingError(`${word} appears in none of the ${n} caption${n === 1 ? '' : 's'} of ${ds.options.dir} (e.g. "${ds.captionVariants(samples[0])[0]}"): ${fix}`);
+  }
+  const perEpoch = ds.stepsPerEpoch;
+  const end = Math.min(microBatches, CHECKED_BATCHES);
+  for (let m = 0; m < end; m += perEpoch) {
+    const plan = ds.epochPlan(m / perEpoch).slice(0, end - m);
+    const k = plan.findIndex((b) => !b.items.some((i) => has(i.caption)));
+    if (k < 0) continue;
+    const step = Math.floor((m + k) / accum) + 1;
+    const [first] = plan[k].items;
+    const example = `${first.sample.name}: "${first.caption}"`;
+    if (lacking.length > 0) {
+      throw new TrainingError(`${word} is missing from ${lacking.length} of the ${samples.length} captions of ${ds.options.dir}, and step ${step} would train only on such captions (${example}), where there is nothing to learn: ${fix}`);
+    }
+    throw new TrainingError(`caption or tag dropout leaves step ${step} without ${word} (${example}), where there is nothing to learn: for an embedding, set captionDropout and tagDropout to 0`);
   }
 }
 
@@ -108,6 +148,7 @@ export async function describeTraining(c: TrainConfig, o: { device?: string } = 
     if (c.steps !== undefined) lines.push(`--steps ${c.steps} is set: training runs ${c.steps} optimizer steps (${((c.steps * accum) / Math.max(1, ds.stepsPerEpoch)).toFixed(2)} epochs).`);
     else if (accum > 1) lines.push(`with gradient accumulation ${accum}: ${steps} optimizer steps.`);
     technique = makeTechnique(model, c);
+    checkEmbeddingCaptions(technique, ds, steps * accum, accum);
     const params = technique.groups().reduce((s, g) => s + g.params.reduce((n, [, p]) => n + p.numel, 0), 0);
     lines.push(`${c.technique}: ${params.toLocaleString('en')} trainable parameters; the result goes to ${c.out}`);
     return { text: lines.join('\n'), steps, trainableParameters: params };
@@ -142,6 +183,7 @@ export async function runTraining(c: TrainConfig, o: RunTrainingOptions = {}): P
     // Held-out images: the same captioning and crops as the training set, no class images.
     const validation = c.validationData === undefined ? undefined : await Dataset.open({ ...datasetOptions(model, c, undefined), dir: c.validationData });
     technique = makeTechnique(model, c);
+    checkEmbeddingCaptions(technique, ds, steps * accum, accum);
     data = new DatasetTrainData(ds, { priorLossWeight: c.priorLossWeight, validation, onMessage: (m) => o.onMessage?.(`warning: ${m}`) });
     trainer = new Trainer(technique, data, {
       steps,
@@ -162,6 +204,7 @@ export async function runTraining(c: TrainConfig, o: RunTrainingOptions = {}): P
       samplePrompts: c.samplePrompts,
       validateEvery: c.validateEvery,
       priorPrompts: c.priorPrompts ?? (c.classPrompt ? [c.classPrompt] : []),
+      conceptWord: c.technique === 'dreambooth' || c.technique === 'embedding' ? c.token : undefined,
       earlyStop: c.earlyStop,
       resume: o.resume === true,
       shouldStop: o.shouldStop,

@@ -1,16 +1,17 @@
 // The shared training loop on the tiny model (test/sampling/tiny-sd.ts) with textual inversion
 // and DreamBooth: the loss on held-out noise goes down, products re-load with their keys and
-// values, an interrupted-and-resumed run ends bit-identical, NaN stops the run, nothing leaks.
+// values, an interrupted-and-resumed run ends bit-identical, NaN stops the run, nothing leaks; an
+// embedding whose word is in no caption is refused before training, in the dry run too.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import * as T from '../../src/torch/index.ts';
 import { loadStableDiffusion, type StableDiffusion } from '../../src/models/load.ts';
 import { loadEmbeddingFile } from '../../src/formats/embedding-file.ts';
 import { disposeEmbedding } from '../../src/formats/layouts/index.ts';
 import { SafetensorsFile } from '../../src/formats/safetensors.ts';
-import { Trainer, type TrainBatch, type TrainData } from '../../src/training/loop.ts';
+import { Trainer, withoutWord, type TrainBatch, type TrainData } from '../../src/training/loop.ts';
 import { EmbeddingTechnique } from '../../src/training/techniques/embedding.ts';
 import { DreamBoothTechnique } from '../../src/training/techniques/dreambooth.ts';
 import { HypernetworkTechnique } from '../../src/training/techniques/hypernetwork.ts';
@@ -18,6 +19,9 @@ import { Hypernetwork } from '../../src/adapters/hypernetwork.ts';
 import { LoraTechnique } from '../../src/training/techniques/lora.ts';
 import { applyLoraFiles, disposeLoraFile } from '../../src/adapters/lora.ts';
 import { loadLoraFile } from '../../src/adapters/lora-file.ts';
+import { encodePng } from '../../src/formats/png.ts';
+import { resolveTrainConfig } from '../../src/training/config.ts';
+import { describeTraining, runTraining } from '../../src/training/run.ts';
 import { generate } from '../../src/sampling/pipeline.ts';
 import { tempDir } from '../helpers.ts';
 import { writeTinyCheckpoint } from '../sampling/tiny-sd.ts';
@@ -136,7 +140,7 @@ test('DreamBooth with prior preservation: the whole model is saved and re-loads;
   const tech = new DreamBoothTechnique(model, { token: 'sks', lr: 1e-3 });
   const out = join(tmp.dir, 'db.safetensors');
   const data = pictures(['a sks square', 'a square'], { weights: [1, 0.5] });
-  const trainer = new Trainer(tech, data, { steps: 6, seed: 5, workDir: join(tmp.dir, 'db-work'), out, validateEvery: 3, priorPrompts: ['a square'], emaDecay: 0.9 });
+  const trainer = new Trainer(tech, data, { steps: 6, seed: 5, workDir: join(tmp.dir, 'db-work'), out, validateEvery: 3, priorPrompts: ['a square'], emaDecay: 0.9, conceptWord: 'sks' });
   const before = trainer.validationLoss()!;
   const r = await trainer.run();
   const afterLoss = trainer.validationLoss()!;
@@ -144,8 +148,16 @@ test('DreamBooth with prior preservation: the whole model is saved and re-loads;
   assert.ok(afterLoss < before, `validation loss should fall: ${before} → ${afterLoss}`);
   assert.equal(r.status, 'done');
   assert.equal(r.trainableParameters, model.unet.numParameters());
-  const drift = r.records.at(-1)!.prior_drift!;
+  const last = r.records.at(-1)!;
+  const drift = last.prior_drift!;
   assert.ok(drift > 0, `prior drift should be above 0 after full fine-tuning (${drift})`);
+  // The meter's curves, per validation timestep: their means are the logged values.
+  const mean = (xs: number[]) => xs.reduce((a, x) => a + x, 0) / xs.length;
+  assert.equal(last.val_by_t!.length, 5);
+  assert.ok(Math.abs(mean(last.val_by_t!) - last.val_loss!) < 1e-12);
+  assert.ok(Math.abs(mean(last.drift_by_t!) - drift) < 1e-12);
+  assert.ok(Number.isFinite(last.concept_gap) && last.concept_gap !== 0, `the concept gap is logged (${last.concept_gap})`);
+  assert.ok(Math.abs(mean(last.gap_by_t!) - last.concept_gap!) < 1e-12);
   const back = loadStableDiffusion(out, { hash: false });
   const base = fresh();
   T.tidy(() => {
@@ -168,6 +180,13 @@ test('DreamBooth with prior preservation: the whole model is saved and re-loads;
   trainer.dispose();
   tech.dispose();
   model.dispose();
+});
+
+test('the concept gap captions the held-out pictures without the word', () => {
+  assert.equal(withoutWord('a large sks heart in the center', 'sks'), 'a large heart in the center');
+  assert.equal(withoutWord('sks heart, on gray', 'sks'), 'heart, on gray');
+  assert.equal(withoutWord('a sksy heart (sks)', 'sks'), 'a sksy heart ()');
+  assert.equal(withoutWord('a <owd.v> star', '<owd.v>'), 'a star');
 });
 
 test('a NaN loss stops the run and keeps the last good checkpoint', async () => {
@@ -267,4 +286,38 @@ test('early stop: a run whose held-out loss stands still ends once the meter\'s 
     tech.dispose();
     model.dispose();
   }
+});
+
+test('an embedding whose word is in none of the captions is refused before training, dry run included', async () => {
+  const data = join(tmp.dir, 'no-word');
+  mkdirSync(data);
+  const grey = (v: number) => encodePng({ width: 64, height: 64, channels: 3, data: new Uint8Array(64 * 64 * 3).fill(v) });
+  for (const [file, caption, v] of [['heart', 'a red heart', 200], ['star', 'a blue star', 40]] as const) {
+    writeFileSync(join(data, `${file}.png`), grey(v));
+    writeFileSync(join(data, `${file}.txt`), caption);
+  }
+  const out = join(tmp.dir, 'no-word.safetensors');
+  const config = (template: string, more: Record<string, unknown> = {}) => resolveTrainConfig('embedding', { flags: { model: ckpt, data, out, token: 'sks', template, steps: 4, resolution: 64, bucketStep: 8, ...more } });
+  const fix = 'put it in the captions, or use a template that adds it (subject_filewords, or style_filewords for a style)';
+  const none = `the embedding's word "sks" appears in none of the 2 captions of ${data} (e.g. "a red heart"): ${fix}`;
+  // filewords: the captions as written, and neither has the word.
+  await assert.rejects(describeTraining(config('filewords')), { name: 'TrainingError', message: none });
+  await assert.rejects(runTraining(config('filewords')), { name: 'TrainingError', message: none });
+  assert.equal(existsSync(out), false, 'nothing trained');
+  assert.equal(existsSync(join(`${out}.work`, 'log.jsonl')), false, 'not one step logged');
+  // One caption with it: in batches of 1 the other one's steps have no gradient, so it is named.
+  writeFileSync(join(data, 'star.txt'), 'a sks star');
+  await assert.rejects(describeTraining(config('filewords')), {
+    name: 'TrainingError',
+    message: `the embedding's word "sks" is missing from 1 of the 2 captions of ${data}, and step 1 would train only on such captions (heart.png: "a red heart"), where there is nothing to learn: ${fix}`,
+  });
+  // In batches of 2 every step has the word somewhere: that trains, as it did.
+  assert.equal((await describeTraining(config('filewords', { batchSize: 2 }))).steps, 4);
+  // A template with [name] puts it in every caption; dropping every caption takes it out again.
+  const plan = await describeTraining(config('subject_filewords'));
+  assert.match(plan.text, /embedding: 32 trainable parameters/);
+  await assert.rejects(describeTraining(config('subject_filewords', { captionDropout: 1 })), {
+    name: 'TrainingError',
+    message: `caption or tag dropout leaves step 1 without the embedding's word "sks" (heart.png: ""), where there is nothing to learn: for an embedding, set captionDropout and tagDropout to 0`,
+  });
 });

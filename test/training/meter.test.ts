@@ -4,14 +4,15 @@ import assert from 'node:assert/strict';
 import { recommendStop } from '../../src/training/meter.ts';
 import type { StepRecord } from '../../src/training/loop.ts';
 
-/** A log with validation every 10 steps: val(step) and drift(step) as given. */
-function log(steps: number, val: (s: number) => number, drift?: (s: number) => number): StepRecord[] {
+/** A log with validation every 10 steps: val(step), drift(step) and the rest as given. */
+function log(steps: number, val: (s: number) => number, drift?: (s: number) => number, more?: (s: number) => Partial<StepRecord>): StepRecord[] {
   const out: StepRecord[] = [];
   for (let s = 1; s <= steps; s++) {
     const r: StepRecord = { step: s, epoch: 0, loss: 0.1, lr: 1e-4, step_ms: 10 };
     if (s % 10 === 0) {
       r.val_loss = val(s);
       if (drift) r.prior_drift = drift(s);
+      Object.assign(r, more?.(s));
     }
     out.push(r);
   }
@@ -19,9 +20,13 @@ function log(steps: number, val: (s: number) => number, drift?: (s: number) => n
 }
 
 test('a held-out loss that falls and rises again: stop near its minimum, verdict overfit', () => {
-  const r = recommendStop(log(400, (s) => 0.1 + ((s - 120) / 400) ** 2), { driftWeight: 0 })!;
-  assert.ok(Math.abs(r.step - 120) <= 40, `recommended ${r.step}, the minimum is at 120`);
+  const r = recommendStop(log(400, (s) => 0.1 + ((s - 120) / 400) ** 2), { driftWeight: 0, tolerance: 0 })!;
+  assert.equal(r.step, 120);
+  assert.equal(r.signal, 'held-out-loss');
   assert.equal(r.verdict, 'overfit');
+  // The default slack takes the earliest step within 5 % of the range of that minimum: 0.1 + 0.05 · 0.49.
+  const slack = recommendStop(log(400, (s) => 0.1 + ((s - 120) / 400) ** 2), { driftWeight: 0, smoothing: 0 })!;
+  assert.equal(slack.step, 60);
   assert.match(r.message, /stop at step \d+/);
   assert.equal(r.points.length, 40);
 });
@@ -38,6 +43,22 @@ test('prior drift that keeps growing moves the stop earlier than the held-out lo
   const alone = recommendStop(log(400, val), { driftWeight: 0 })!;
   const withDrift = recommendStop(log(400, val, (s) => 1e-4 * s), { driftWeight: 1 })!;
   assert.ok(withDrift.step < alone.step, `with drift ${withDrift.step}, without ${alone.step}`);
+});
+
+test('with a concept word the gap decides: the pictures\' loss rising (memorised) does not stop a word still being learnt', () => {
+  const r = recommendStop(log(400, (s) => 0.05 + s * 1e-4, undefined, (s) => ({ concept_gap: 0.01 * (1 - Math.exp(-s / 150)) })), { driftWeight: 0, tolerance: 0 })!;
+  assert.equal(r.signal, 'concept-gap');
+  assert.equal(r.step, 400);
+  assert.equal(r.verdict, 'underfit');
+  assert.match(r.message, /the concept word still improved at step 400: train longer/);
+  assert.equal(r.points[r.points.length - 1].progress, 1);
+});
+
+test('without a word, a style is read at the low timesteps: their loss falls while the whole held-out loss rises', () => {
+  const byT = (s: number) => [0.2 - s * 1e-4, 0.08, 0.05 + s * 2e-4, 0.03 + s * 2e-4, 0.02 + s * 2e-4];
+  const records = log(400, (s) => byT(s).reduce((a, x) => a + x) / 5, undefined, (s) => ({ val_by_t: byT(s) }));
+  assert.equal(recommendStop(records, { driftWeight: 0, tolerance: 0, detailTimesteps: 1 })!.step, 400);
+  assert.equal(recommendStop(records, { driftWeight: 0, tolerance: 0, detailTimesteps: 5 })!.step, 10);
 });
 
 test('a log without validation points has no recommendation', () => {

@@ -7,7 +7,7 @@ import { saveSafetensors } from '../../formats/safetensors.ts';
 import { saveTorchFile } from '../../formats/torchfile.ts';
 import { embeddingToA1111, embeddingToKohya, modelspecArchitecture, type Embedding } from '../../formats/layouts/index.ts';
 import type { StableDiffusion } from '../../models/load.ts';
-import type { PromptEmbeddings } from '../../sampling/conditioning.ts';
+import { promptChunks, type PromptEmbeddings } from '../../sampling/conditioning.ts';
 import type { SaveInfo, Technique, TrainableGroup } from '../technique.ts';
 
 export interface EmbeddingOptions {
@@ -64,6 +64,11 @@ export class EmbeddingTechnique implements Technique {
 
   embeddings(): PromptEmbeddings {
     return new Map([[this.triggerWord, this.vec]]);
+  }
+
+  /** Whether a caption trains the vectors: the word is matched on token ids, as encoding does. */
+  appearsIn(caption: string): boolean {
+    return promptChunks(this.model, caption, { embeddings: this.embeddings() }).some((c) => c.embeddings.length > 0);
   }
 
   /** The trained vectors as the formats layer's Embedding (tensors are views of the live ones). */

@@ -168,6 +168,11 @@ export interface StepPoint {
   lr: number;
   val_loss?: number;
   prior_drift?: number;
+  /** The meter's finer curves (see StepRecord in src/training/loop.ts). */
+  val_by_t?: number[];
+  concept_gap?: number;
+  gap_by_t?: number[];
+  drift_by_t?: number[];
 }
 
 export interface Recommendation {
@@ -199,6 +204,8 @@ export interface Job {
   /** Per type: GenerateResult, Preflight, { product: AdapterInfo | ModelInfo, … }. */
   result: unknown;
   error: string | null;
+  /** What the worker warned about, in order: skipped images, unreadable captions, files that failed mid-run. */
+  warnings: string[];
 }
 
 export interface JobDetail extends Job {
@@ -212,4 +219,5 @@ export interface JobDetail extends Job {
 export type JobEvent =
   | { type: 'job'; job: Job }
   | { type: 'progress'; id: string; step: number; total: number; message: string; loss?: number }
-  | { type: 'record'; id: string; record: StepPoint };
+  | { type: 'record'; id: string; record: StepPoint }
+  | { type: 'warning'; id: string; text: string };

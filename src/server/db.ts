@@ -18,7 +18,8 @@ CREATE TABLE IF NOT EXISTS jobs (
   request TEXT NOT NULL,
   progress TEXT,
   result TEXT,
-  error TEXT
+  error TEXT,
+  warnings TEXT
 );
 CREATE TABLE IF NOT EXISTS records (
   job_id TEXT NOT NULL,
@@ -27,6 +28,7 @@ CREATE TABLE IF NOT EXISTS records (
   lr REAL NOT NULL,
   val_loss REAL,
   prior_drift REAL,
+  meter TEXT,
   PRIMARY KEY (job_id, step)
 );
 CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -43,7 +45,14 @@ interface JobRow {
   progress: string | null;
   result: string | null;
   error: string | null;
+  warnings: string | null;
 }
+
+/** Warnings kept per job; a folder of thousands of bad files should not bloat every job listing. */
+const MAX_WARNINGS = 100;
+
+/** The meter's per-timestep curves and concept gap, kept as one JSON column. */
+const METER_FIELDS = ['val_by_t', 'concept_gap', 'gap_by_t', 'drift_by_t'] as const;
 
 const parse = (s: string | null): unknown => (s === null ? null : JSON.parse(s));
 
@@ -59,6 +68,7 @@ function toJob(r: JobRow): Job {
     progress: parse(r.progress) as Job['progress'],
     result: parse(r.result),
     error: r.error,
+    warnings: (parse(r.warnings) as string[] | null) ?? [],
   };
 }
 
@@ -71,6 +81,12 @@ export class Store {
       this.db.pragma('journal_mode = WAL');
       this.db.pragma('busy_timeout = 5000');
       this.db.exec(SCHEMA);
+      // A studio.db from before job warnings has no such column: add it (existing jobs have none).
+      const cols = this.db.prepare('PRAGMA table_info(jobs)').all() as { name: string }[];
+      if (!cols.some((c) => c.name === 'warnings')) this.db.exec('ALTER TABLE jobs ADD COLUMN warnings TEXT');
+      // Nor, from before the meter's finer curves, records a meter column.
+      const rcols = this.db.prepare('PRAGMA table_info(records)').all() as { name: string }[];
+      if (!rcols.some((c) => c.name === 'meter')) this.db.exec('ALTER TABLE records ADD COLUMN meter TEXT');
     } catch (e) {
       throw new Error(`${file}: cannot open the studio database (${(e as Error).message}); move the file away to start with an empty one`);
     }
@@ -118,13 +134,33 @@ export class Store {
     return this.job(id)!;
   }
 
+  /**
+   * Adds a warning a job's worker sent (a skipped image, an unreadable caption) and returns the
+   * line kept, or null: a repeat (a resumed run scans its folder again) and lines past the cap are not.
+   */
+  addWarning(id: string, text: string): string | null {
+    const w = this.job(id)?.warnings;
+    if (!w || w.includes(text) || w.length > MAX_WARNINGS) return null;
+    const line = w.length === MAX_WARNINGS ? `more than ${MAX_WARNINGS} warnings; the rest are not kept` : text;
+    this.db.prepare('UPDATE jobs SET warnings = ? WHERE id = ?').run(JSON.stringify([...w, line]), id);
+    return line;
+  }
+
   addRecord(id: string, r: StepPoint): void {
-    this.db.prepare('INSERT OR REPLACE INTO records (job_id, step, loss, lr, val_loss, prior_drift) VALUES (?, ?, ?, ?, ?, ?)').run(id, r.step, r.loss, r.lr, r.val_loss ?? null, r.prior_drift ?? null);
+    const meter = Object.fromEntries(METER_FIELDS.filter((k) => r[k] !== undefined).map((k) => [k, r[k]]));
+    this.db
+      .prepare('INSERT OR REPLACE INTO records (job_id, step, loss, lr, val_loss, prior_drift, meter) VALUES (?, ?, ?, ?, ?, ?, ?)')
+      .run(id, r.step, r.loss, r.lr, r.val_loss ?? null, r.prior_drift ?? null, Object.keys(meter).length ? JSON.stringify(meter) : null);
   }
 
   records(id: string): StepPoint[] {
-    const rows = this.db.prepare('SELECT step, loss, lr, val_loss, prior_drift FROM records WHERE job_id = ? ORDER BY step').all(id) as { step: number; loss: number; lr: number; val_loss: number | null; prior_drift: number | null }[];
-    return rows.map((r) => ({ step: r.step, loss: r.loss, lr: r.lr, ...(r.val_loss !== null && { val_loss: r.val_loss }), ...(r.prior_drift !== null && { prior_drift: r.prior_drift }) }));
+    const rows = this.db.prepare('SELECT step, loss, lr, val_loss, prior_drift, meter FROM records WHERE job_id = ? ORDER BY step').all(id) as { step: number; loss: number; lr: number; val_loss: number | null; prior_drift: number | null; meter: string | null }[];
+    return rows.map((r) => ({
+      step: r.step, loss: r.loss, lr: r.lr,
+      ...(r.val_loss !== null && { val_loss: r.val_loss }),
+      ...(r.prior_drift !== null && { prior_drift: r.prior_drift }),
+      ...(parse(r.meter) as Partial<StepPoint> | null),
+    }));
   }
 
   /** A resumed run repeats the steps after its checkpoint: their old records go. */

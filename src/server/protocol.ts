@@ -18,6 +18,7 @@ export type ToWorker = { type: 'start'; task: WorkerTask } | { type: 'stop' };
 export type FromWorker =
   | { type: 'progress'; step: number; total: number; message: string; loss?: number }
   | { type: 'record'; record: StepPoint }
+  /** A warning for the user (a skipped image, an unreadable caption): kept with the job. */
   | { type: 'message'; text: string }
   | { type: 'done'; result: unknown }
   | { type: 'error'; message: string };

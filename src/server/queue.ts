@@ -202,9 +202,11 @@ export class JobQueue extends EventEmitter {
         this.store.addRecord(id, m.record);
         this.emitEvent({ type: 'record', id, record: m.record });
         break;
-      case 'message':
-        this.emit('log', id, m.text);
+      case 'message': {
+        const kept = this.store.addWarning(id, m.text);
+        if (kept !== null) this.emitEvent({ type: 'warning', id, text: kept });
         break;
+      }
       case 'done': {
         r.finished = true;
         let result: unknown;

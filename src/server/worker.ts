@@ -15,12 +15,17 @@ import type { WeightInit } from '../adapters/hypernetwork.ts';
 import type { StepRecord } from '../training/loop.ts';
 import { decodeImage } from './image.ts';
 import type { FromWorker, ToWorker, WorkerTask } from './protocol.ts';
-import type { GenerateResult, Preflight } from './api-types.ts';
+import type { GenerateResult, Preflight, StepPoint } from './api-types.ts';
 
 const send = (m: FromWorker) => process.send?.(m);
 let stopRequested = false;
 
-const point = (r: StepRecord) => ({ step: r.step, loss: r.loss, lr: r.lr, ...(r.val_loss !== undefined && { val_loss: r.val_loss }), ...(r.prior_drift !== undefined && { prior_drift: r.prior_drift }) });
+/** What the studio keeps of a step: the losses and the meter's curves (no sample paths or timings). */
+const point = (r: StepRecord): StepPoint => {
+  const p: StepPoint = { step: r.step, loss: r.loss, lr: r.lr };
+  for (const k of ['val_loss', 'prior_drift', 'val_by_t', 'concept_gap', 'gap_by_t', 'drift_by_t'] as const) if (r[k] !== undefined) (p as unknown as Record<string, unknown>)[k] = r[k];
+  return p;
+};
 
 function rssBytes(): number {
   const m = /VmHWM:\s+(\d+)/.exec(readFileSync('/proc/self/status', 'utf8'));

@@ -1,18 +1,21 @@
 // The studio's typed API over real HTTP on localhost: datasets, generation, a LoRA trained on the
 // toy model and used, snapshots, cancel and resume, a crashed worker, and bad input (malformed
 // JSON, unknown fields, absurd steps, a file that is not an image, a 500 MB body, '../' in names):
-// clear 4xx, nothing written, the server still up.
+// clear 4xx, nothing written, the server still up; a job's warnings (a damaged image) are kept with
+// it and sent as events, also in a studio.db from before warnings existed.
 import { test, after, before } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, readFileSync, readdirSync } from 'node:fs';
+import { existsSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { request } from 'node:http';
 import { join } from 'node:path';
 import { decodePng } from '../../src/formats/png.ts';
 import { readSafetensorsHeader } from '../../src/formats/safetensors.ts';
 import { tempDir } from '../helpers.ts';
 import { QUICK_LORA, conceptPictures, studio, uploadDataset, waitJob, type Caller } from './helpers.ts';
-import type { DatasetDetail, GenerateResult, Job, JobDetail } from '../../src/server/api-types.ts';
+import type { DatasetDetail, GenerateResult, Job, JobDetail, JobEvent } from '../../src/server/api-types.ts';
 import { startStudio } from '../../src/server/server.ts';
+import { Store } from '../../src/server/db.ts';
+import Database from 'better-sqlite3';
 
 const tmp = tempDir('sdtune-studio-');
 let s: Awaited<ReturnType<typeof studio>>;
@@ -134,6 +137,9 @@ test('train a LoRA, keep a snapshot, generate with it', async () => {
   const d = await call<JobDetail>('GET', `/api/jobs/${r.json.id}`);
   assert.equal(d.json.records.length, 30);
   assert.deepEqual(d.json.records.filter((x) => x.val_loss !== undefined).map((x) => x.step), [10, 20, 30]);
+  // The meter's per-timestep curves are kept with the record (the advice reads them).
+  assert.equal(d.json.records[9].val_by_t?.length, 5);
+  assert.equal(d.json.records[8].val_by_t, undefined);
   assert.deepEqual(d.json.snapshots.map((x) => x.step), [10, 20, 30]);
   assert.ok(d.json.recommendation && [10, 20, 30].includes(d.json.recommendation.step));
   const picked = await call<{ name: string; bytes: number }>('POST', `/api/jobs/${r.json.id}/pick`, { step: 10 });
@@ -232,4 +238,80 @@ test('live events over SSE, and a LoRA converted to PEFT by a job', async () => 
   const h = readSafetensorsHeader(join(s.studio.data.root, 'lora', 'outline-lora-peft.safetensors'));
   assert.ok(h.entries.some((e) => /lora_A/.test(e.key)), 'PEFT keys');
   assert.equal((await call('POST', '/api/adapters/lora/outline-lora/convert', { to: 'a1111-pt' })).status, 400);
+});
+
+/** Reads server-sent events from /api/events until `until` holds for what was seen. */
+async function collectEvents(start: () => Promise<void>, until: (seen: JobEvent[]) => boolean): Promise<JobEvent[]> {
+  const ctrl = new AbortController();
+  const res = await fetch(`${s.url}/api/events`, { signal: ctrl.signal });
+  const reader = res.body!.getReader();
+  const seen: JobEvent[] = [];
+  await start();
+  let buf = '';
+  while (!until(seen)) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    buf += new TextDecoder().decode(value);
+    for (let i = buf.indexOf('\n\n'); i >= 0; i = buf.indexOf('\n\n')) {
+      const chunk = buf.slice(0, i);
+      buf = buf.slice(i + 2);
+      if (chunk.startsWith('data: ')) seen.push(JSON.parse(chunk.slice(6)));
+    }
+  }
+  ctrl.abort();
+  return seen;
+}
+
+test('a damaged image in a dataset: training goes on, and the job keeps and sends the warning naming it', async () => {
+  await uploadDataset(call, 'damaged', conceptPictures(join(tmp.dir, 'pics'), 'style', 2));
+  // The upload refuses non-images, so the file is dropped into the folder as a designer would.
+  writeFileSync(join(s.studio.data.root, 'datasets', 'damaged', 'broken.png'), 'this is not an image');
+  const skipped = 'skipped: broken.png: cannot read this image (it is not an image, or in a format that cannot be read); it is skipped';
+  let id = '';
+  const events = await collectEvents(
+    async () => {
+      const r = await call<Job>('POST', '/api/jobs', { technique: 'lora', dataset: 'damaged', name: 'damaged-lora', settings: { ...QUICK_LORA, steps: 2 } });
+      assert.equal(r.status, 201, r.text);
+      assert.deepEqual(r.json.warnings, []);
+      id = r.json.id;
+    },
+    (seen) => seen.some((e) => e.type === 'job' && e.job.id === id && ['done', 'failed'].includes(e.job.status)),
+  );
+  const done = await waitJob(call, id);
+  assert.equal(done.status, 'done', done.error ?? '');
+  assert.deepEqual(done.warnings, [skipped]);
+  assert.deepEqual(events.filter((e) => e.type === 'warning' && e.id === id).map((e) => e.type === 'warning' && e.text), [skipped]);
+  const listed = await call<Job[]>('GET', '/api/jobs');
+  assert.deepEqual(listed.json.find((j) => j.id === id)!.warnings, [skipped]);
+  const d = await call<JobDetail>('GET', `/api/jobs/${id}`);
+  assert.deepEqual(d.json.warnings, [skipped]);
+  assert.equal(d.json.records.length, 2, 'trained on the two good pictures');
+});
+
+test('a studio.db from before job warnings and meter curves opens: the columns are added, old rows read as they were', () => {
+  const file = join(tmp.dir, 'old-studio.db');
+  const old = new Database(file);
+  old.exec(`CREATE TABLE jobs (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL, type TEXT NOT NULL, status TEXT NOT NULL, created TEXT NOT NULL, started TEXT, finished TEXT, request TEXT NOT NULL, progress TEXT, result TEXT, error TEXT)`);
+  old.prepare('INSERT INTO jobs (id, type, status, created, request) VALUES (?, ?, ?, ?, ?)').run('old-1', 'train', 'done', '2026-01-01T00:00:00.000Z', '{}');
+  old.exec('CREATE TABLE records (job_id TEXT NOT NULL, step INTEGER NOT NULL, loss REAL NOT NULL, lr REAL NOT NULL, val_loss REAL, prior_drift REAL, PRIMARY KEY (job_id, step))');
+  old.prepare('INSERT INTO records (job_id, step, loss, lr, val_loss) VALUES (?, ?, ?, ?, ?)').run('old-1', 10, 0.5, 1e-4, 0.25);
+  old.close();
+  const store = new Store(file);
+  try {
+    assert.deepEqual(store.job('old-1')!.warnings, []);
+    // Records from before the meter's finer curves read as they were; new ones keep them.
+    assert.deepEqual(store.records('old-1'), [{ step: 10, loss: 0.5, lr: 1e-4, val_loss: 0.25 }]);
+    store.addRecord('old-1', { step: 20, loss: 0.4, lr: 1e-4, val_loss: 0.2, concept_gap: 0.01, val_by_t: [1, 2, 3, 4, 5] });
+    assert.deepEqual(store.records('old-1')[1], { step: 20, loss: 0.4, lr: 1e-4, val_loss: 0.2, val_by_t: [1, 2, 3, 4, 5], concept_gap: 0.01 });
+    assert.equal(store.addWarning('old-1', 'skipped: a.png: cannot read this image'), 'skipped: a.png: cannot read this image');
+    assert.equal(store.addWarning('old-1', 'skipped: a.png: cannot read this image'), null, 'a repeat (a resumed run) is kept once');
+    for (let i = 0; i < 150; i++) store.addWarning('old-1', `w${i}`);
+    const w = store.job('old-1')!.warnings;
+    assert.equal(w.length, 101);
+    assert.deepEqual([w[0], w[99], w[100]], ['skipped: a.png: cannot read this image', 'w98', 'more than 100 warnings; the rest are not kept']);
+  } finally {
+    store.close();
+  }
+  // Opening it again does not add the column twice.
+  new Store(file).close();
 });

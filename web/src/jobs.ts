@@ -240,6 +240,16 @@ function snapshotsList(d: JobDetail): HTMLElement {
   );
 }
 
+/** What the worker warned about (skipped images, unreadable captions), under the job's status. */
+function warningsList(job: Job): HTMLElement | null {
+  const w = job.warnings;
+  if (w.length === 0) return null;
+  return h('div', { class: 'job-warnings', testid: 'job-warnings', role: 'status' },
+    h('h3', {}, w.length === 1 ? '1 warning' : `${w.length} warnings`),
+    h('ul', {}, w.map((text) => h('li', { testid: 'job-warning' }, text))),
+  );
+}
+
 function resultBlock(d: JobDetail): HTMLElement | null {
   if (d.status !== 'done' || d.result === null || d.result === undefined) return null;
   if (d.type === 'generate') {
@@ -300,6 +310,7 @@ function renderDetail(): void {
     h('p', { class: 'hint' }, [`Started ${formatDate(d.started ?? d.created)}`, d.finished && isFinished(d.status) ? ` · ended ${formatDate(d.finished)}` : ''].join('')),
     h('div', { class: 'job-progress-line' }, progressBar(d.progress, d.status), h('span', { testid: 'job-detail-steps', class: 'job-steps' }, stepsText(d.progress)), h('span', { class: 'hint', testid: 'job-message' }, d.progress?.message ?? '')),
     d.error ? h('p', { class: 'bad', testid: 'job-error', role: 'alert' }, d.error) : null,
+    warningsList(d),
     actions,
     resultBlock(d),
     isTrain
@@ -353,6 +364,17 @@ function onRecord(id: string, record: StepPoint): void {
   if (record.val_loss !== undefined) scheduleRefresh(1500);
 }
 
+function onWarning(id: string, text: string): void {
+  const job = jobs.find((j) => j.id === id);
+  if (job && !job.warnings.includes(text)) job.warnings = [...job.warnings, text];
+  if (!detail || detail.id !== id || detail.warnings.includes(text)) return;
+  detail.warnings = [...detail.warnings, text];
+  const old = detailBox.querySelector('[data-testid="job-warnings"]');
+  const box = warningsList(detail);
+  if (old && box) old.replaceWith(box);
+  else renderDetail();
+}
+
 async function refresh(): Promise<void> {
   jobs = await api.jobs();
   renderList();
@@ -371,6 +393,7 @@ export function createJobsTab(): HTMLElement {
         scheduleRefresh(150);
       }
     } else if (ev.type === 'progress') onProgress(ev);
+    else if (ev.type === 'warning') onWarning(ev.id, ev.text);
     else onRecord(ev.id, ev.record);
   });
   onReconnect(() => {

@@ -80,8 +80,10 @@ export function recommendStop(records: readonly StepRecord[], o: MeterOptions = 
     verdict === 'underfit' ? `${what} still improved at step ${last}: train longer (step ${step} is the best so far)`
     : verdict === 'overfit' ? `stop at step ${step}: after it ${what} gain little${driftWeight > 0 && drift[drift.length - 1] > 0 ? ' and the prior drifts' : ''} (the run went on to step ${last})`
     : `step ${step} is a good stop (the run ended at ${last})`;
+  // Measured on the toy world (docs/toy-world.md): without a word, the loss misses a style's swings.
+  const caveat = gap ? '' : '; without a concept word the held-out loss is a weak guide to a style: compare the snapshots\' samples';
   return {
-    step, bestValStep: pts[peak].step, verdict, signal, message,
+    step, bestValStep: pts[peak].step, verdict, signal, message: message + caveat,
     points: pts.map((r, i) => ({ step: r.step, concept: concept[i], progress: progress[i], drift: drift[i], score: score[i] })),
   };
 }

@@ -209,24 +209,13 @@ test('listening beyond localhost needs --auth; auth is checked', async () => {
 });
 
 test('live events over SSE, and a LoRA converted to PEFT by a job', async () => {
-  const ctrl = new AbortController();
-  const res = await fetch(`${s.url}/api/events`, { signal: ctrl.signal });
-  assert.equal(res.headers.get('content-type'), 'text/event-stream');
-  const reader = res.body!.getReader();
-  const seen: { type: string; id?: string; job?: Job }[] = [];
-  const g = await call<Job>('POST', '/api/generate', { prompt: 'a heart', steps: 5 });
-  let buf = '';
-  while (!seen.some((e) => e.type === 'job' && e.job?.id === g.json.id && e.job.status === 'done')) {
-    const { value, done } = await reader.read();
-    if (done) break;
-    buf += new TextDecoder().decode(value);
-    for (let i = buf.indexOf('\n\n'); i >= 0; i = buf.indexOf('\n\n')) {
-      const chunk = buf.slice(0, i);
-      buf = buf.slice(i + 2);
-      if (chunk.startsWith('data: ')) seen.push(JSON.parse(chunk.slice(6)));
-    }
-  }
-  ctrl.abort();
+  let g!: { json: Job };
+  const seen = (await collectEvents(
+    async () => {
+      g = await call<Job>('POST', '/api/generate', { prompt: 'a heart', steps: 5 });
+    },
+    (ev) => ev.some((e) => e.type === 'job' && e.job.id === g?.json.id && e.job.status === 'done'),
+  )) as { type: string; id?: string; job?: Job }[];
   const mine = seen.filter((e) => (e.id ?? e.job?.id) === g.json.id);
   assert.deepEqual([...new Set(mine.filter((e) => e.type === 'job').map((e) => e.job!.status))], ['queued', 'running', 'done']);
   assert.equal(mine.filter((e) => e.type === 'progress').length, 5);
@@ -244,6 +233,7 @@ test('live events over SSE, and a LoRA converted to PEFT by a job', async () => 
 async function collectEvents(start: () => Promise<void>, until: (seen: JobEvent[]) => boolean): Promise<JobEvent[]> {
   const ctrl = new AbortController();
   const res = await fetch(`${s.url}/api/events`, { signal: ctrl.signal });
+  assert.equal(res.headers.get('content-type'), 'text/event-stream');
   const reader = res.body!.getReader();
   const seen: JobEvent[] = [];
   await start();

@@ -81,15 +81,17 @@ export class Store {
       this.db.pragma('journal_mode = WAL');
       this.db.pragma('busy_timeout = 5000');
       this.db.exec(SCHEMA);
-      // A studio.db from before job warnings has no such column: add it (existing jobs have none).
-      const cols = this.db.prepare('PRAGMA table_info(jobs)').all() as { name: string }[];
-      if (!cols.some((c) => c.name === 'warnings')) this.db.exec('ALTER TABLE jobs ADD COLUMN warnings TEXT');
-      // Nor, from before the meter's finer curves, records a meter column.
-      const rcols = this.db.prepare('PRAGMA table_info(records)').all() as { name: string }[];
-      if (!rcols.some((c) => c.name === 'meter')) this.db.exec('ALTER TABLE records ADD COLUMN meter TEXT');
+      // A studio.db from before job warnings and the meter's finer curves lacks their columns.
+      this.addColumnIfMissing('jobs', 'warnings');
+      this.addColumnIfMissing('records', 'meter');
     } catch (e) {
       throw new Error(`${file}: cannot open the studio database (${(e as Error).message}); move the file away to start with an empty one`);
     }
+  }
+
+  private addColumnIfMissing(table: 'jobs' | 'records', column: string): void {
+    const cols = this.db.prepare(`PRAGMA table_info(${table})`).all() as { name: string }[];
+    if (!cols.some((c) => c.name === column)) this.db.exec(`ALTER TABLE ${table} ADD COLUMN ${column} TEXT`);
   }
 
   close(): void {

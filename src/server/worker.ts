@@ -21,11 +21,7 @@ const send = (m: FromWorker) => process.send?.(m);
 let stopRequested = false;
 
 /** What the studio keeps of a step: the losses and the meter's curves (no sample paths or timings). */
-const point = (r: StepRecord): StepPoint => {
-  const p: StepPoint = { step: r.step, loss: r.loss, lr: r.lr };
-  for (const k of ['val_loss', 'prior_drift', 'val_by_t', 'concept_gap', 'gap_by_t', 'drift_by_t'] as const) if (r[k] !== undefined) (p as unknown as Record<string, unknown>)[k] = r[k];
-  return p;
-};
+const point = ({ epoch: _e, step_ms: _ms, samples: _s, checkpoint: _c, ...p }: StepRecord): StepPoint => p;
 
 function rssBytes(): number {
   const m = /VmHWM:\s+(\d+)/.exec(readFileSync('/proc/self/status', 'utf8'));

@@ -124,6 +124,8 @@ export function snapshotPath(out: string, ext: string, step: number): string {
   return `${base}-step${String(step).padStart(6, '0')}${ext}`;
 }
 
+const mean = (xs: readonly number[]) => xs.reduce((a, x) => a + x, 0) / xs.length;
+
 /** A caption with every whole-word occurrence of `word` taken out ("a large sks heart" → "a large heart"). */
 export function withoutWord(caption: string, word: string): string {
   const esc = word.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
@@ -338,12 +340,11 @@ export class Trainer {
               const fixed = { noise, t: Array<number>(shape[0]).fill(t) };
               const l = this.batchLoss(ws, fixed).item(); // .item(): host sync
               byT[k] += l / batches.length;
-              if (gapHere) gapByT[k] += (this.batchLoss({ ...ws, captions: without!, keys: ws.keys }, fixed).item() - l) / batches.length;
+              if (gapHere) gapByT[k] += (this.batchLoss({ ...ws, captions: without! }, fixed).item() - l) / batches.length;
             });
           });
           this.disposeBatch(b);
         }
-        const mean = (xs: number[]) => xs.reduce((a, x) => a + x, 0) / xs.length;
         return { loss: mean(byT), byT, ...(hasGap ? { gap: mean(gapByT), gapByT } : {}) };
       });
     } finally {
@@ -381,13 +382,7 @@ export class Trainer {
     })));
   }
 
-  /** Mean squared distance of the current predictions on class prompts from the base model's. */
-  priorDrift(): number | undefined {
-    const d = this.priorDriftByT();
-    return d && d.reduce((a, x) => a + x, 0) / d.length;
-  }
-
-  /** The prior drift at each of VAL_TIMESTEPS, averaged over the prompts. */
+  /** The prior drift at each of VAL_TIMESTEPS: the mean squared distance of the current predictions on class prompts from the base model's, averaged over the prompts. */
   priorDriftByT(): number[] | undefined {
     if (!this.basePriorPreds) return undefined;
     const now = this.priorPreds();
@@ -623,7 +618,7 @@ export class Trainer {
           if (v.gap !== undefined) [rec.concept_gap, rec.gap_by_t] = [v.gap, v.gapByT];
         }
         const d = this.priorDriftByT();
-        if (d) [rec.prior_drift, rec.drift_by_t] = [d.reduce((a, x) => a + x, 0) / d.length, d];
+        if (d) [rec.prior_drift, rec.drift_by_t] = [mean(d), d];
       }
       if (every(o.sampleEvery)) rec.samples = this.samples();
       if (every(o.checkpointEvery)) {

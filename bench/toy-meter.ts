@@ -61,7 +61,8 @@ export async function benchToyMeter(o: { scale?: number; probeCount?: number; ou
   try {
     // SDTUNE_METER_RUNS=name,name runs a subset; SDTUNE_METER_SETTINGS='{"emaDecay":0.98}' adds settings to every run.
     const only = process.env.SDTUNE_METER_RUNS?.split(',').map((x) => x.trim()).filter(Boolean);
-    const extra = JSON.parse(process.env.SDTUNE_METER_SETTINGS ?? '{}') as Record<string, unknown>;
+    // The sample check is on by default: 32 pictures per validation (SDTUNE_METER_SETTINGS='{"sampleCheck":0}' turns it off).
+    const extra = { sampleCheck: 32, ...(JSON.parse(process.env.SDTUNE_METER_SETTINGS ?? '{}') as Record<string, unknown>) };
     for (const r0 of sweepRuns(scale).filter((x) => !only || only.includes(x.name))) {
       const r = { ...r0, settings: { ...r0.settings, ...extra } };
       const every = Math.max(1, Math.round(r.steps / 8));
@@ -89,7 +90,7 @@ export async function benchToyMeter(o: { scale?: number; probeCount?: number; ou
       const line = runLine({
         run: r.name, technique: r.technique, steps: r.steps, train_s: round(trainS, 1), ground_truth: gt,
         // The raw validation log, so that the meter can be re-scored and refitted without retraining.
-        log: result.records.filter((x) => x.val_loss !== undefined).map((x) => ({ step: x.step, val_loss: x.val_loss!, prior_drift: x.prior_drift ?? 0, val_by_t: x.val_by_t, concept_gap: x.concept_gap, gap_by_t: x.gap_by_t, drift_by_t: x.drift_by_t })),
+        log: result.records.filter((x) => x.val_loss !== undefined).map((x) => ({ step: x.step, val_loss: x.val_loss!, prior_drift: x.prior_drift ?? 0, val_by_t: x.val_by_t, concept_gap: x.concept_gap, gap_by_t: x.gap_by_t, drift_by_t: x.drift_by_t, sample_score: x.sample_score })),
       });
       lines.push(line);
       o.onLine?.(line);
@@ -108,7 +109,7 @@ export interface SweepResult {
   steps: number;
   train_s: number;
   ground_truth: GroundTruth[];
-  log: (Pick<StepRecord, 'step' | 'val_by_t' | 'concept_gap' | 'gap_by_t' | 'drift_by_t'> & { val_loss: number; prior_drift: number })[];
+  log: (Pick<StepRecord, 'step' | 'val_by_t' | 'concept_gap' | 'gap_by_t' | 'drift_by_t' | 'sample_score'> & { val_loss: number; prior_drift: number })[];
 }
 
 /** A run's line: its ground truth and log, and what the meter (as it is now) makes of the log. */

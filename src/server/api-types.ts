@@ -173,6 +173,7 @@ export interface StepPoint {
   concept_gap?: number;
   gap_by_t?: number[];
   drift_by_t?: number[];
+  sample_score?: number;
 }
 
 export interface Recommendation {

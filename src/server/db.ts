@@ -52,7 +52,7 @@ interface JobRow {
 const MAX_WARNINGS = 100;
 
 /** The meter's per-timestep curves and concept gap, kept as one JSON column. */
-const METER_FIELDS = ['val_by_t', 'concept_gap', 'gap_by_t', 'drift_by_t'] as const;
+const METER_FIELDS = ['val_by_t', 'concept_gap', 'gap_by_t', 'drift_by_t', 'sample_score'] as const;
 
 const parse = (s: string | null): unknown => (s === null ? null : JSON.parse(s));
 

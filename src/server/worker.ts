@@ -51,7 +51,7 @@ async function run(task: WorkerTask): Promise<unknown> {
       const plan = await describeTraining(task.config, { device: task.device });
       mkdirSync(task.scratch, { recursive: true });
       try {
-        const timing = { ...task.config, steps: 3, numClassImages: 0, validateEvery: 1000, checkpointEvery: 1000, snapshots: false, sampleEvery: 0, earlyStop: 0, out: join(task.scratch, task.config.technique === 'hypernetwork' ? 'timing.pt' : 'timing.safetensors'), workDir: join(task.scratch, 'work') };
+        const timing = { ...task.config, steps: 3, numClassImages: 0, validateEvery: 1000, checkpointEvery: 1000, snapshots: false, sampleEvery: 0, sampleCheck: 0, earlyStop: 0, out: join(task.scratch, task.config.technique === 'hypernetwork' ? 'timing.pt' : 'timing.safetensors'), workDir: join(task.scratch, 'work') };
         const { result } = await runTraining(timing, { device: task.device });
         const ms = result.records.slice(1).map((r) => r.step_ms);
         const perStep = (ms.length ? ms.reduce((a, b) => a + b, 0) / ms.length : result.records[0]?.step_ms ?? 0) / 1000;

@@ -17,7 +17,7 @@ import { SafetensorsFile, saveSafetensors } from '../formats/safetensors.ts';
 import { writePng } from '../formats/png.ts';
 import type { StableDiffusion } from '../models/load.ts';
 import { NoiseSchedule, minSnrWeight, parseSchedulerConfig } from '../sampling/schedule.ts';
-import { promptChunks, encodeChunks } from '../sampling/conditioning.ts';
+import { promptChunks, encodeChunks, type PromptEmbeddings } from '../sampling/conditioning.ts';
 import { generate } from '../sampling/pipeline.ts';
 import { isNamedSchedule, lrSchedule } from './lr.ts';
 import { recommendStop } from './meter.ts';
@@ -77,6 +77,8 @@ export interface TrainOptions {
   priorPrompts?: string[];
   /** The concept's word (DreamBooth's token, the embedding's name): validation also logs the concept gap. */
   conceptWord?: string;
+  /** The sample check (sample-check.ts): at each validation, the detector's mean score on pictures the model draws now. */
+  checkSamples?: (model: StableDiffusion, embeddings: PromptEmbeddings | undefined) => number;
   /** Early stop: end the run once the meter's recommended step (meter.ts) has stood for this many validations. */
   earlyStop?: number;
   /** Resume from the newest checkpoint in workDir, if there is one. */
@@ -103,6 +105,8 @@ export interface StepRecord {
   prior_drift?: number;
   /** The prior drift at each validation timestep. */
   drift_by_t?: number[];
+  /** The sample check: the share of the validation pictures that show the concept, by the detector (0–1). */
+  sample_score?: number;
   samples?: string[];
   checkpoint?: string;
 }
@@ -516,6 +520,19 @@ export class Trainer {
     return files;
   }
 
+  /** The sample check with the UNet in eval mode and the global RNG left where it was (resume stays exact). */
+  private checkSamples(check: NonNullable<TrainOptions['checkSamples']>): number {
+    const rng = T.getRngState();
+    const unet = this.technique.model.unet;
+    unet.eval();
+    try {
+      return check(this.technique.model, this.technique.embeddings());
+    } finally {
+      unet.train();
+      T.setRngState(rng);
+    }
+  }
+
   // ---- the loop ---------------------------------------------------------------------------------
 
   async run(): Promise<TrainResult> {
@@ -619,6 +636,7 @@ export class Trainer {
         }
         const d = this.priorDriftByT();
         if (d) [rec.prior_drift, rec.drift_by_t] = [mean(d), d];
+        if (o.checkSamples) rec.sample_score = this.checkSamples(o.checkSamples);
       }
       if (every(o.sampleEvery)) rec.samples = this.samples();
       if (every(o.checkpointEvery)) {

@@ -34,7 +34,7 @@ export interface Recommendation {
   /** 'underfit' when the concept was still being learnt at the last validation (train longer), 'ok', or 'overfit' when the run went past the pick by more than a third. */
   verdict: 'underfit' | 'ok' | 'overfit';
   /** Which concept curve was used. */
-  signal: 'concept-gap' | 'held-out-loss';
+  signal: 'samples' | 'concept-gap' | 'held-out-loss';
   /** One sentence for the user. */
   message: string;
   /** The validation points used: step, smoothed concept curve (higher = more learnt), its progress (0–1), smoothed drift growth, score. */
@@ -58,9 +58,11 @@ export function recommendStop(records: readonly StepRecord[], o: MeterOptions = 
   const pts = records.filter((r) => finite(r.val_loss));
   if (pts.length === 0) return null;
   const k = Math.max(1, Math.round(detailTimesteps));
-  const gap = pts.every((r) => finite(r.concept_gap));
-  const signal: Recommendation['signal'] = gap ? 'concept-gap' : 'held-out-loss';
-  const raw = pts.map((r) => (gap ? r.concept_gap! : -(r.val_by_t?.length && k < r.val_by_t.length ? mean(r.val_by_t.slice(0, k)) : r.val_loss!)));
+  const samples = pts.every((r) => finite(r.sample_score));
+  const gap = !samples && pts.every((r) => finite(r.concept_gap));
+  const signal: Recommendation['signal'] = samples ? 'samples' : gap ? 'concept-gap' : 'held-out-loss';
+  const lossCurve = (r: StepRecord) => -(r.val_by_t?.length && k < r.val_by_t.length ? mean(r.val_by_t.slice(0, k)) : r.val_loss!);
+  const raw = pts.map((r) => (samples ? r.sample_score! : gap ? r.concept_gap! : lossCurve(r)));
   const concept = smooth(raw, smoothing);
   const lo = Math.min(...concept);
   const hi = Math.max(...concept);
@@ -75,13 +77,13 @@ export function recommendStop(records: readonly StepRecord[], o: MeterOptions = 
   const step = pts[pick].step;
   const last = pts[pts.length - 1].step;
   const verdict: Recommendation['verdict'] = peak === pts.length - 1 && pick === pts.length - 1 && pts.length > 1 ? 'underfit' : last > step * (4 / 3) ? 'overfit' : 'ok';
-  const what = gap ? 'the concept word' : 'the held-out pictures';
+  const what = samples ? 'the pictures of the sample check' : gap ? 'the concept word' : 'the held-out pictures';
   const message =
     verdict === 'underfit' ? `${what} still improved at step ${last}: train longer (step ${step} is the best so far)`
     : verdict === 'overfit' ? `stop at step ${step}: after it ${what} gain little${driftWeight > 0 && drift[drift.length - 1] > 0 ? ' and the prior drifts' : ''} (the run went on to step ${last})`
     : `step ${step} is a good stop (the run ended at ${last})`;
   // Measured on the toy world (docs/toy-world.md): without a word, the loss misses a style's swings.
-  const caveat = gap ? '' : '; without a concept word the held-out loss is a weak guide to a style: compare the snapshots\' samples';
+  const caveat = samples || gap ? '' : '; without a concept word the held-out loss is a weak guide to a style: compare the snapshots\' samples, or train with sampleCheck';
   return {
     step, bestValStep: pts[peak].step, verdict, signal, message: message + caveat,
     points: pts.map((r, i) => ({ step: r.step, concept: concept[i], progress: progress[i], drift: drift[i], score: score[i] })),

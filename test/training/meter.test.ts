@@ -27,7 +27,7 @@ test('a held-out loss that falls and rises again: stop near its minimum, verdict
   // The default slack takes the earliest step within 5 % of the range of that minimum: 0.1 + 0.05 · 0.49.
   const slack = recommendStop(log(400, (s) => 0.1 + ((s - 120) / 400) ** 2), { driftWeight: 0, smoothing: 0 })!;
   assert.equal(slack.step, 60);
-  assert.match(r.message, /^stop at step \d+: after it the held-out pictures gain little \(the run went on to step 400\); without a concept word the held-out loss is a weak guide to a style: compare the snapshots' samples$/);
+  assert.match(r.message, /^stop at step \d+: after it the held-out pictures gain little \(the run went on to step 400\); without a concept word the held-out loss is a weak guide to a style: compare the snapshots' samples, or train with sampleCheck$/);
   assert.equal(r.points.length, 40);
 });
 
@@ -64,4 +64,16 @@ test('without a word, a style is read at the low timesteps: their loss falls whi
 test('a log without validation points has no recommendation', () => {
   assert.equal(recommendStop(log(50, () => NaN)), null);
   assert.equal(recommendStop([]), null);
+});
+
+test('with the sample check logged, the meter follows it: a score that peaks and falls beats a gap still rising', () => {
+  const score = (s: number) => 0.2 + 0.6 * Math.exp(-(((s - 150) / 80) ** 2));
+  const r = recommendStop(log(400, () => 0.1, undefined, (s) => ({ sample_score: score(s), concept_gap: s * 1e-5 })), { driftWeight: 0, tolerance: 0, smoothing: 0 })!;
+  assert.equal(r.signal, 'samples');
+  assert.equal(r.step, 150);
+  assert.equal(r.verdict, 'overfit');
+  assert.equal(r.message, 'stop at step 150: after it the pictures of the sample check gain little (the run went on to step 400)');
+  // Without it, a style's advice says the loss is a weak guide and names the check.
+  const style = recommendStop(log(400, (s) => 0.1 + s * 1e-5))!;
+  assert.match(style.message, /compare the snapshots' samples, or train with sampleCheck$/);
 });

@@ -79,8 +79,14 @@ async function journey(page: Page, errors: string[]): Promise<void> {
   await id(page, 'train-batch').fill('2');
   await id(page, 'train-validate-every').fill('10');
   await id(page, 'train-checkpoint-every').fill('10');
+  // The sample check reaches the dry run from the form (the run itself goes without: it costs pictures).
+  assert.equal(await id(page, 'train-sample-check').inputValue(), '0');
+  await id(page, 'train-sample-check').fill('4');
   await id(page, 'train-preflight').click();
-  await page.getByTestId('preflight-result').filter({ hasText: /30/ }).waitFor({ timeout: 60_000 });
+  await page.getByTestId('preflight-result').filter({ hasText: /sample check: .* 4 pictures are drawn at each of 3 validations/ }).waitFor({ timeout: 60_000 });
+  await id(page, 'train-sample-check').fill('0');
+  await id(page, 'train-preflight').click();
+  await page.getByTestId('preflight-result').filter({ hasText: /30/ }).filter({ hasNotText: /sample check/ }).waitFor({ timeout: 60_000 });
   await page.screenshot({ path: join(SHOTS, '2-train.png'), fullPage: true });
   await id(page, 'train-start').click();
 

@@ -100,6 +100,7 @@ const token = h('input', { type: 'text', testid: 'train-token', autocomplete: 'o
 const classPrompt = h('input', { type: 'text', testid: 'train-class-prompt', autocomplete: 'off', placeholder: 'a heart' });
 const classImages = num('train-class-images', { value: 0, min: 0 });
 const validateEvery = num('train-validate-every', { value: 10, min: 1 });
+const sampleCheck = num('train-sample-check', { value: 0, min: 0 });
 const checkpointEvery = num('train-checkpoint-every', { value: 25, min: 1 });
 const sampleEvery = num('train-sample-every', { value: 25, min: 1 });
 const samplePrompts = h('textarea', { testid: 'train-sample-prompts', rows: 3, placeholder: 'a sks heart, on a striped cyan background' });
@@ -222,6 +223,7 @@ function buildRequest(): TrainRequest {
     } else if (images > 0) throw new Error('Class images need a class prompt: what your subject is in general, like "a heart".');
   }
   put('validateEvery', intOf(validateEvery, 'Validate every'));
+  put('sampleCheck', intOf(sampleCheck, 'Sample check'));
   put('checkpointEvery', intOf(checkpointEvery, 'Checkpoint every'));
   const prompts = samplePrompts.value.split('\n').map((l) => l.trim()).filter(Boolean);
   if (prompts.length) {
@@ -350,6 +352,7 @@ export function createTrainTab(): HTMLElement {
       h('h3', {}, 'Watching the run'),
       h('div', { class: 'grid-fields' },
         field('Validate every', validateEvery, 'Steps between measurements of the over/underfitting meter.'),
+        field('Sample check', sampleCheck, 'Pictures drawn at each measurement and scored for your concept by a detector fitted on your pictures; the meter then follows them. 0 = off (each picture costs a generation).'),
         field('Checkpoint every', checkpointEvery, 'Steps between saved copies you can go back to.'),
         field('Sample every', sampleEvery, 'Steps between sample pictures (needs sample prompts).'),
         field('Sample prompts', samplePrompts, 'One per line; pictures are made with them as training goes.', 'wide'),

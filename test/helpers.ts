@@ -1,7 +1,7 @@
-// Shared test helpers: where the reference fixtures are, and numeric comparisons.
+// Shared test helpers: where the reference fixtures are, numeric comparisons, captioned training folders.
 import { fileURLToPath } from 'node:url';
 import { dirname, join } from 'node:path';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import assert from 'node:assert/strict';
 
@@ -39,3 +39,13 @@ export function assertClose(a: ArrayLike<number>, b: ArrayLike<number>, atol: nu
 
 /** The device the suite runs its device-aware tests on: SDTUNE_TEST_DEVICE=cuda on a GPU machine. */
 export const DEVICE: string = process.env.SDTUNE_TEST_DEVICE ?? 'cpu';
+
+/** A training folder: name.png with name.txt (its caption) beside it, for each entry. Returns the folder. */
+export function writeCaptionedFolder(dir: string, entries: readonly { name: string; caption: string; png: Uint8Array }[]): string {
+  mkdirSync(dir, { recursive: true });
+  for (const e of entries) {
+    writeFileSync(join(dir, `${e.name}.png`), e.png);
+    writeFileSync(join(dir, `${e.name}.txt`), e.caption);
+  }
+  return dir;
+}

@@ -4,7 +4,7 @@
 // embedding whose word is in no caption is refused before training, in the dry run too.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import * as T from '../../src/torch/index.ts';
 import { loadStableDiffusion, type StableDiffusion } from '../../src/models/load.ts';
@@ -23,7 +23,7 @@ import { encodePng } from '../../src/formats/png.ts';
 import { resolveTrainConfig } from '../../src/training/config.ts';
 import { describeTraining, runTraining } from '../../src/training/run.ts';
 import { generate } from '../../src/sampling/pipeline.ts';
-import { tempDir } from '../helpers.ts';
+import { tempDir, writeCaptionedFolder } from '../helpers.ts';
 import { writeTinyCheckpoint } from '../sampling/tiny-sd.ts';
 
 let tmp: ReturnType<typeof tempDir>;
@@ -289,13 +289,8 @@ test('early stop: a run whose held-out loss stands still ends once the meter\'s 
 });
 
 test('an embedding whose word is in none of the captions is refused before training, dry run included', async () => {
-  const data = join(tmp.dir, 'no-word');
-  mkdirSync(data);
   const grey = (v: number) => encodePng({ width: 64, height: 64, channels: 3, data: new Uint8Array(64 * 64 * 3).fill(v) });
-  for (const [file, caption, v] of [['heart', 'a red heart', 200], ['star', 'a blue star', 40]] as const) {
-    writeFileSync(join(data, `${file}.png`), grey(v));
-    writeFileSync(join(data, `${file}.txt`), caption);
-  }
+  const data = writeCaptionedFolder(join(tmp.dir, 'no-word'), [{ name: 'heart', caption: 'a red heart', png: grey(200) }, { name: 'star', caption: 'a blue star', png: grey(40) }]);
   const out = join(tmp.dir, 'no-word.safetensors');
   const config = (template: string, more: Record<string, unknown> = {}) => resolveTrainConfig('embedding', { flags: { model: ckpt, data, out, token: 'sks', template, steps: 4, resolution: 64, bucketStep: 8, ...more } });
   const fix = 'put it in the captions, or use a template that adds it (subject_filewords, or style_filewords for a style)';

@@ -4,7 +4,7 @@
 // as the same run without it.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { readFileSync, writeFileSync, mkdirSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import * as T from '../../src/torch/index.ts';
 import { detectorInput, fitDetector, prepareSampleCheck } from '../../src/training/sample-check.ts';
@@ -13,7 +13,7 @@ import { resolveTrainConfig } from '../../src/training/config.ts';
 import { describeTraining, runTraining } from '../../src/training/run.ts';
 import { recommendStop } from '../../src/training/meter.ts';
 import { encodePng } from '../../src/formats/png.ts';
-import { tempDir } from '../helpers.ts';
+import { tempDir, writeCaptionedFolder } from '../helpers.ts';
 import { writeTinyCheckpoint } from '../sampling/tiny-sd.ts';
 
 let tmp: ReturnType<typeof tempDir>;
@@ -91,17 +91,16 @@ test('too little to fit on, or a count that is no count, is refused by name', ()
 });
 
 test('a LoRA run with the sample check logs a score at each validation, the meter reads it, and the training is the same as without it', async () => {
-  const data = join(tmp.dir, 'check-data');
-  mkdirSync(data);
   const square = (v: number, w: number) => {
     const px = new Uint8Array(64 * 64 * 3).fill(v);
     for (let y = 16; y < 48; y++) for (let x = 16; x < 48; x++) px.fill(w, (y * 64 + x) * 3, (y * 64 + x) * 3 + 3);
     return encodePng({ width: 64, height: 64, channels: 3, data: px });
   };
-  for (const [file, caption, v, w] of [['a', 'a bright square', 30, 220], ['b', 'a dark square', 220, 30], ['c', 'a grey square', 120, 250]] as const) {
-    writeFileSync(join(data, `${file}.png`), square(v, w));
-    writeFileSync(join(data, `${file}.txt`), caption);
-  }
+  const data = writeCaptionedFolder(join(tmp.dir, 'check-data'), [
+    { name: 'a', caption: 'a bright square', png: square(30, 220) },
+    { name: 'b', caption: 'a dark square', png: square(220, 30) },
+    { name: 'c', caption: 'a grey square', png: square(120, 250) },
+  ]);
   const run = async (name: string, sampleCheck: number) => {
     const messages: string[] = [];
     const c = resolveTrainConfig('lora', { flags: { model: ckpt, data, out: join(tmp.dir, `${name}.safetensors`), steps: 4, validateEvery: 2, checkpointEvery: 4, resolution: 64, bucketStep: 8, lr: 1e-2, seed: 4, sampleCheck } });

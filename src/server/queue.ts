@@ -6,14 +6,14 @@
 //     its last checkpoint (resume), everything else can simply be submitted again.
 //   - cancel: a queued job is dropped at once; a running training job is asked to save a
 //     checkpoint and stop (it is resumable), other running jobs are killed.
-import { fork, type ChildProcess } from 'node:child_process';
+import { fork, type ChildProcess, type Serializable } from 'node:child_process';
 import { EventEmitter } from 'node:events';
 import { existsSync, readdirSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { join } from 'node:path';
 import type { Job, JobEvent, JobType } from './api-types.ts';
 import type { Store } from './db.ts';
-import type { FromWorker, WorkerTask } from './protocol.ts';
+import type { FromWorker, ToWorker, WorkerTask } from './protocol.ts';
 import { HttpError } from './schema.ts';
 
 const WORKER = fileURLToPath(new URL('./worker.ts', import.meta.url));
@@ -94,7 +94,7 @@ export class JobQueue extends EventEmitter {
     const r = this.running;
     if (j.type === 'train') {
       // The loop checks between steps, saves a checkpoint and returns 'stopped'.
-      if (r.child.connected) r.child.send({ type: 'stop' });
+      sendTo(r.child, { type: 'stop' });
     } else {
       r.child.kill('SIGTERM');
     }
@@ -123,7 +123,7 @@ export class JobQueue extends EventEmitter {
     const r = this.running;
     if (!r || r.child.exitCode !== null || r.child.signalCode !== null) return;
     const done = new Promise<void>((res) => r.child.once('exit', () => res()));
-    if (this.store.job(r.id)?.type === 'train' && r.child.connected) r.child.send({ type: 'stop' });
+    if (this.store.job(r.id)?.type === 'train' && r.child.connected) sendTo(r.child, { type: 'stop' });
     else r.child.kill('SIGTERM');
     const t = setTimeout(() => r.child.kill('SIGKILL'), 30_000);
     await done;
@@ -174,6 +174,8 @@ export class JobQueue extends EventEmitter {
     child.stderr?.on('data', keep);
     this.setJob(job.id, { status: 'running', started: now(), progress: { step: 0, total: 0, message: 'starting' } });
     child.on('message', (m: FromWorker) => this.onMessage(r, m));
+    // A failed spawn or a write to a worker that is going away: its 'exit' reports the job.
+    child.on('error', (e) => keep(Buffer.from(`worker: ${e.message}`)));
     child.on('exit', (code, signal) => {
       if (!r.finished) {
         const cancelled = r.cancelRequested;
@@ -186,7 +188,7 @@ export class JobQueue extends EventEmitter {
       this.running = null;
       if (!this.closed) queueMicrotask(() => this.pump());
     });
-    child.send({ type: 'start', task });
+    sendTo(child, { type: 'start', task });
   }
 
   private onMessage(r: Running, m: FromWorker): void {
@@ -227,4 +229,16 @@ export class JobQueue extends EventEmitter {
         break;
     }
   }
+}
+
+/**
+ * A message to a worker. The worker may exit between the `connected` check and the write (a stop
+ * sent as it finishes): the write then fails with EPIPE, which is no error of the server's, and
+ * the child's 'exit' says what became of the job.
+ */
+function sendTo(child: ChildProcess, message: ToWorker): void {
+  if (!child.connected) return;
+  child.send(message as unknown as Serializable, (e) => {
+    if (e && (e as NodeJS.ErrnoException).code !== 'EPIPE' && (e as NodeJS.ErrnoException).code !== 'ERR_IPC_CHANNEL_CLOSED') child.emit('error', e);
+  });
 }

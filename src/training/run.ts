@@ -190,9 +190,9 @@ export async function runTraining(c: TrainConfig, o: RunTrainingOptions = {}): P
     // Held-out images: the same captioning and crops as the training set, no class images.
     const validation = c.validationData === undefined ? undefined : await Dataset.open({ ...datasetOptions(model, c, undefined), dir: c.validationData });
     // Fitted on the base model, before the technique changes anything.
-    check = (c.sampleCheck ?? 0) > 0 ? await fitSampleCheck(model, c, ds, validation) : null;
-    if (check) o.onMessage?.(`sample check: a detector fitted on the training pictures against the base model's scores them ${check.fit.positives.toFixed(2)} and ${check.fit.negatives.toFixed(2)}; it will score ${check.prompts.length * check.perPrompt} pictures at each validation`);
-    const sc = check;
+    const sc = (c.sampleCheck ?? 0) > 0 ? await fitSampleCheck(model, c, ds, validation) : null;
+    check = sc;
+    if (sc) o.onMessage?.(`sample check: a detector fitted on the training pictures against the base model's scores them ${sc.fit.positives.toFixed(2)} and ${sc.fit.negatives.toFixed(2)}; it will score ${sc.prompts.length * sc.perPrompt} pictures at each validation`);
     technique = makeTechnique(model, c);
     checkEmbeddingCaptions(technique, ds, steps * accum, accum);
     data = new DatasetTrainData(ds, { priorLossWeight: c.priorLossWeight, validation, onMessage: (m) => o.onMessage?.(`warning: ${m}`) });

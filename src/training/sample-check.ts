@@ -137,6 +137,9 @@ export interface SampleCheck {
 
 const unique = (xs: readonly string[]) => [...new Set(xs.map((x) => x.trim()).filter(Boolean))];
 
+/** The check's drawing settings at a size (the negatives and every validation draw alike). */
+const drawAt = (width: number, height: number) => ({ steps: SAMPLE_CHECK.steps, sampler: SAMPLE_CHECK.sampler, cfg: SAMPLE_CHECK.cfg, width, height });
+
 /**
  * Fits the check on the base model, before any adapter is applied or weight moves.
  * @param pictures  the training pictures, each [3, H, W] in [-1, 1], with their captions (class images left out);
@@ -155,7 +158,7 @@ export function prepareSampleCheck(
   const captions = unique(o.captions).slice(0, SAMPLE_CHECK.maxCaptions);
   const prompts = unique(o.prompts).slice(0, Math.min(SAMPLE_CHECK.maxCaptions, o.count));
   if (captions.length === 0 || prompts.length === 0) throw new SampleCheckError('the sample check needs captioned training pictures: give each picture a caption (a .txt file beside it), or turn sampleCheck off');
-  const draw = { steps: SAMPLE_CHECK.steps, sampler: SAMPLE_CHECK.sampler, cfg: SAMPLE_CHECK.cfg, width, height };
+  const draw = drawAt(width, height);
   // Positives: the training pictures through the VAE and back (generated pictures carry its blur).
   // One at a time: training pictures may come in several bucket sizes; each is scored at the detector's side.
   const positives = T.noGrad(() => T.tidy(() => T.keep(T.cat(o.pictures.map((px) => detectorInput(base.vae.decode(base.vae.encode(px.unsqueeze(0).to(base.device)).mean).clamp(-1, 1).cpu())), 0))));
@@ -180,7 +183,7 @@ export function sampleScore(model: StableDiffusion, check: SampleCheck, embeddin
   let sum = 0;
   let n = 0;
   check.prompts.forEach((prompt, i) => {
-    const images = generate(model, { prompt, batch: check.perPrompt, seed: check.seed + 80021 + i, steps: SAMPLE_CHECK.steps, sampler: SAMPLE_CHECK.sampler, cfg: SAMPLE_CHECK.cfg, width: check.width, height: check.height, embeddings }).map((g) => g.image);
+    const images = generate(model, { ...drawAt(check.width, check.height), prompt, batch: check.perPrompt, seed: check.seed + 80021 + i, embeddings }).map((g) => g.image);
     const x = imagesToTensor(images);
     try {
       for (const p of check.detector.probabilities(x)) [sum, n] = [sum + p, n + 1];

@@ -242,7 +242,6 @@ export function a1111Routes(s: Studio): { router: Router } {
     const job = s.queue.submit('create-embedding', { name, task: { kind: 'create-embedding', model: s.modelPath(undefined), name, vectors, initText, out, device: s.device } });
     const done = await s.queue.wait(job.id);
     if (done.status !== 'done') return { json: { info: `create embedding error: ${done.error}` } };
-    s.store.setSetting(`a1111.embedding.${name}`, { vectors, initText });
     return { json: { info: `create embedding filename: ${out}` } };
   });
   router.add('POST', `${P}/create/hypernetwork`, async (req) => {
@@ -260,7 +259,6 @@ export function a1111Routes(s: Studio): { router: Router } {
     const job = s.queue.submit('create-hypernetwork', { name, task: { kind: 'create-hypernetwork', name, out, ...settings } });
     const done = await s.queue.wait(job.id);
     if (done.status !== 'done') return { json: { info: `create hypernetwork error: ${done.error}` } };
-    s.store.setSetting(`a1111.hypernetwork.${name}`, settings);
     // A1111's create_hypernetwork returns no path: its answer really says None.
     return { json: { info: 'create hypernetwork filename: None' } };
   });
@@ -272,14 +270,19 @@ export function a1111Routes(s: Studio): { router: Router } {
     try {
       const file = s.adapterPath(kind, name);
       const dataset = datasetOf(s, b.data_root);
-      const lr = String(b.learn_rate ?? (kind === 'embedding' ? '0.005' : '0.00001'));
+      // A1111 continues the file create/embedding or create/hypernetwork made (or an earlier
+      // run trained): `steps` is the total, counted from the step stored in the file.
+      const done = fileStep(file);
+      const total = Math.trunc(num(b.steps, 100));
+      if (done >= total) return { json: { info: `train embedding complete: filename: ${file} error: None` } };
+      const lr = shiftSchedule(String(b.learn_rate ?? (kind === 'embedding' ? '0.005' : '0.00001')), done);
       const first = Number(lr.split(/[,:]/)[0]);
-      if (!Number.isFinite(first)) throw new HttpError(422, `learn_rate ${JSON.stringify(lr)} is not a number or schedule`);
+      if (!Number.isFinite(first)) throw new HttpError(422, `learn_rate ${JSON.stringify(String(b.learn_rate))} is not a number or schedule`);
       const w = Math.trunc(num(b.training_width, await s.nativeSide(s.currentModel())));
       const h = Math.trunc(num(b.training_height, w));
       const template = typeof b.template_filename === 'string' ? basename(b.template_filename, extname(b.template_filename)) : undefined;
       const settings: Record<string, unknown> = {
-        steps: Math.trunc(num(b.steps, 100)),
+        steps: total - done,
         lr: first,
         ...(lr.includes(':') && { lrSchedule: lr }),
         batchSize: Math.trunc(num(b.batch_size, 1)),
@@ -294,20 +297,12 @@ export function a1111Routes(s: Studio): { router: Router } {
         ...(num(b.save_embedding_every ?? b.save_hypernetwork_every, 0) > 0 && { checkpointEvery: Math.trunc(num(b.save_embedding_every ?? b.save_hypernetwork_every, 500)) }),
         ...(num(b.create_image_every, 0) > 0 && { sampleEvery: Math.trunc(num(b.create_image_every, 0)), samplePrompts: [typeof b.preview_prompt === 'string' && b.preview_prompt ? b.preview_prompt : name] }),
       };
-      if (kind === 'embedding') {
-        const made = s.store.setting<{ vectors: number; initText: string } | null>(`a1111.embedding.${name}`, null);
-        settings.token = name;
-        settings.vectors = made?.vectors ?? inspectPath(file).embedding?.vectors ?? 1;
-        settings.initText = made?.initText ?? '*';
-      } else {
-        const made = s.store.setting<Record<string, unknown> | null>(`a1111.hypernetwork.${name}`, null);
-        if (made) Object.assign(settings, { layerStructure: made.layerStructure, activation: made.activation, layerNorm: made.layerNorm, weightInit: made.weightInit, sizes: made.sizes, ...(made.dropoutStructure ? { dropoutStructure: made.dropoutStructure } : {}) });
-      }
-      r = { technique: kind, dataset, name, settings, overwrite: true, ...(kind === 'embedding' && { file_format: extname(file) === '.pt' ? 'pt' : 'safetensors' }) };
+      if (kind === 'embedding') settings.token = name;
+      r = { technique: kind, dataset, name, settings, continue_from: name, overwrite: true, ...(kind === 'embedding' && { file_format: extname(file) === '.pt' ? 'pt' : 'safetensors' }) };
       const job = s.submitTrain(r);
-      const done = await s.queue.wait(job.id);
-      const out = (done.result as { product_path?: string } | null)?.product_path ?? '';
-      return { json: { info: `train embedding complete: filename: ${out} error: ${done.status === 'done' ? 'None' : done.error}` } };
+      const ended = await s.queue.wait(job.id);
+      const out = (ended.result as { product_path?: string } | null)?.product_path ?? '';
+      return { json: { info: `train embedding complete: filename: ${out} error: ${ended.status === 'done' ? 'None' : ended.error}` } };
     } catch (e) {
       if (e instanceof HttpError && e.status !== 400 && e.status !== 404 && e.status !== 409) throw e;
       // A1111 answers 200 with the reason inside the sentence.
@@ -317,6 +312,29 @@ export function a1111Routes(s: Studio): { router: Router } {
   router.add('POST', `${P}/train/embedding`, (req) => train(req, 'embedding'));
   router.add('POST', `${P}/train/hypernetwork`, (req) => train(req, 'hypernetwork'));
   return { router };
+}
+
+/** The optimizer steps an embedding or hypernetwork file has been trained (A1111's `step`; 0 when unrecorded). */
+function fileStep(path: string): number {
+  const md = inspectPath(path).metadata;
+  const v = Number(md.step ?? md['sdtune.step'] ?? 0);
+  return Number.isInteger(v) && v > 0 ? v : 0;
+}
+
+/**
+ * A1111's schedule "0.005:100, 1e-3:1000, 1e-5" counts the file's steps; the run counts from 0. So
+ * each piece's end moves back by the steps already done, and pieces that ended are dropped (past
+ * the last end, its rate holds, as in lr.ts).
+ */
+export function shiftSchedule(lr: string, done: number): string {
+  if (done === 0 || !lr.includes(':')) return lr;
+  const pieces = lr.split(',').map((p) => p.trim()).filter((p) => p !== '').map((p) => {
+    const [rate, until] = p.split(':').map((x) => x.trim());
+    return { rate, until: until === undefined ? undefined : Number(until) };
+  });
+  const left = pieces.filter((p) => p.until === undefined || !(p.until <= done));
+  if (left.length === 0) return pieces[pieces.length - 1].rate;
+  return left.map((p) => (p.until === undefined ? p.rate : Number.isFinite(p.until) ? `${p.rate}:${p.until - done}` : `${p.rate}:${p.until}`)).join(', ');
 }
 
 /** A1111 takes a folder path; here it must be a dataset: its name, or a path inside DATA/datasets. */

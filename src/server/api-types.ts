@@ -146,6 +146,8 @@ export interface TrainRequest {
    * model, data, out, workDir, classData and validationData are refused here.
    */
   settings?: Record<string, unknown>;
+  /** LoRA, embedding, hypernetwork: the library file (by name, of the same technique) to continue training from. */
+  continue_from?: string;
   /** Replace a library file of the same name (default: refuse with 409). */
   overwrite?: boolean;
   /** Embeddings: 'pt' writes A1111's .pt, 'safetensors' (default) the kohya/diffusers layout. */

@@ -50,6 +50,7 @@ export const SCHEMAS = {
     name: NAME_S,
     model: str({ max: 200 }),
     validation_dataset: NAME_S,
+    continue_from: { ...NAME_S, description: 'LoRA, embedding or hypernetwork: a library file of the same technique to continue training from (its weights, shape and step count)' },
     settings: rec('the settings of `sdtune train` (see `sdtune train TECHNIQUE --help`); paths are chosen by the server'),
     overwrite: bool('replace a library file of the same name'),
     file_format: str({ enum: ['safetensors', 'pt'], description: "embeddings: 'pt' is A1111's format" }),

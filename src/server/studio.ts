@@ -25,7 +25,7 @@ export const TOY_MODEL_NAME = 'toy-sd.safetensors';
 export const STUDIO_LIMITS = { steps: 100_000, batchSize: 64, resolution: 2048, genSteps: 150, genBatch: 16, genSide: 2048 };
 
 /** Settings a request may not set: the server chooses every path. */
-const PATH_SETTINGS = ['model', 'data', 'out', 'workDir', 'classData', 'validationData', 'template'];
+const PATH_SETTINGS = ['model', 'data', 'out', 'workDir', 'classData', 'validationData', 'template', 'initFrom'];
 
 const camel = (k: string): string => k.replace(/[-_]([a-z])/g, (_, c: string) => c.toUpperCase());
 
@@ -164,11 +164,13 @@ export class Studio {
     const settings: Record<string, unknown> = {};
     for (const [k, v] of Object.entries(r.settings ?? {})) {
       const key = camel(k);
-      if (PATH_SETTINGS.includes(key)) throw new HttpError(400, `settings.${k}: the server chooses ${key === 'template' ? 'templates' : 'paths'}; ${key === 'data' ? 'use dataset' : key === 'model' ? 'use model' : key === 'validationData' ? 'use validation_dataset' : key === 'template' ? 'use templateName (a built-in template)' : 'it is set for you'}`, `settings.${k}`);
+      if (PATH_SETTINGS.includes(key)) throw new HttpError(400, `settings.${k}: the server chooses ${key === 'template' ? 'templates' : 'paths'}; ${key === 'data' ? 'use dataset' : key === 'model' ? 'use model' : key === 'validationData' ? 'use validation_dataset' : key === 'template' ? 'use templateName (a built-in template)' : key === 'initFrom' ? 'use continue_from (the name of a library file)' : 'it is set for you'}`, `settings.${k}`);
       settings[key === 'templateName' ? 'template' : key] = v;
     }
     if (typeof settings.template === 'string' && !/^[a-z_]+$/.test(settings.template)) throw new HttpError(400, 'settings.templateName must be a built-in template name (subject, style, subject_filewords, style_filewords, hypernetwork, filewords, none)', 'settings.templateName');
     const ext = productExt(r);
+    if (r.continue_from !== undefined && r.technique === 'dreambooth') throw new HttpError(400, 'continue_from continues a LoRA, embedding or hypernetwork; DreamBooth trains the whole model, so pick the trained checkpoint as the model instead', 'continue_from');
+    const initFrom = r.continue_from === undefined ? undefined : this.adapterPath(r.technique as AdapterKind, r.continue_from);
     let c: TrainConfig;
     try {
       c = resolveTrainConfig(r.technique, {
@@ -180,6 +182,7 @@ export class Studio {
           out: join(productDir, `${r.name}${ext}`),
           workDir,
           ...(r.validation_dataset !== undefined && { validationData: this.data.existingDataset(r.validation_dataset) }),
+          ...(initFrom !== undefined && { initFrom }),
         },
       });
     } catch (e) {

@@ -87,6 +87,7 @@ export const TRAIN_FIELDS = {
   validationData: { kind: 'string', help: 'folder of held-out images (captions beside them) for the validation loss (default: 4 training images)' },
   priorPrompts: { kind: 'string[]', help: 'ordinary prompts for the prior-drift meter (default: the class prompt)' },
   sampleCheck: { kind: 'integer', help: 'at each validation, draw N pictures and score how many show the concept, with a detector fitted on the training pictures against the base model\'s (the meter then reads it; 0 = off)', default: 0, min: 0 },
+  initFrom: { kind: 'string', help: 'continue training from a LoRA, embedding or hypernetwork file: it starts from that file\'s weights, and its rank, vectors or layer structure (kohya\'s --network_weights, A1111\'s continued training)', for: ['lora', 'embedding', 'hypernetwork'] },
   earlyStop: { kind: 'integer', help: 'stop once the meter\'s recommended step has stood for N validations (0 = off)', default: 0, min: 0 },
 } as const satisfies Record<string, Field>;
 
@@ -180,6 +181,7 @@ export function resolveTrainConfig(technique: string, sources: { file?: Record<s
         const near = Object.keys(fields).find((k) => k.toLowerCase() === key.toLowerCase() || k.toLowerCase().startsWith(key.toLowerCase().slice(0, 4)));
         throw new ConfigError(`${where}: unknown setting ${isFlag ? '--' + kebab(key) : JSON.stringify(raw)}${near ? ` (did you mean ${isFlag ? '--' + kebab(near) : near}?)` : ''}`);
       }
+      if (key === 'initFrom' && tech === 'dreambooth') throw new ConfigError(`${where}: ${isFlag ? '--init-from' : key} continues an adapter file; DreamBooth trains the whole model, so to continue a DreamBooth run pass its checkpoint as ${isFlag ? '--model' : 'model'}`);
       if (f.for && !f.for.includes(tech)) throw new ConfigError(`${where}: ${isFlag ? '--' + kebab(key) : key} is a ${f.for.join('/')} setting; ${tech} does not use it`);
       cfg[key] = coerce(isFlag ? '--' + kebab(key) : key, f, v, where);
     }

@@ -2,6 +2,7 @@
 // the dataset, the technique and the loop, put together once. The CLI (`sdtune train`), the toy
 // demo and the studio's workers all run training through here.
 import { existsSync } from 'node:fs';
+import { inspectPath } from '../formats/inspect.ts';
 import { join } from 'node:path';
 import { loadStableDiffusion, type StableDiffusion } from '../models/load.ts';
 import { Dataset, loadTemplate, type DatasetOptions } from './dataset.ts';
@@ -19,16 +20,36 @@ import { HypernetworkTechnique } from './techniques/hypernetwork.ts';
 
 /** The technique a config asks for, built on the model. */
 export function makeTechnique(model: StableDiffusion, c: TrainConfig): Technique {
+  if (c.initFrom !== undefined) checkInitFrom(c.initFrom, c.technique);
   switch (c.technique) {
     case 'embedding':
-      return new EmbeddingTechnique(model, { name: c.token!, vectors: c.vectors, initText: c.initText, lr: c.lr });
+      return new EmbeddingTechnique(model, { name: c.token!, vectors: c.vectors, initText: c.initText, lr: c.lr, initFrom: c.initFrom });
     case 'dreambooth':
       return new DreamBoothTechnique(model, { token: c.token!, lr: c.lr, trainTextEncoder: c.trainTextEncoder, textEncoderLr: c.textEncoderLr, saveDtype: c.saveDtype as 'fp16' | undefined });
     case 'lora':
-      return new LoraTechnique(model, { rank: c.rank!, alpha: c.alpha!, convRank: c.convRank || undefined, convAlpha: c.convAlpha, trainTextEncoder: c.trainTextEncoder, lr: c.lr, textEncoderLr: c.textEncoderLr, format: c.loraFormat as 'kohya' | 'peft', saveDtype: c.saveDtype as 'fp16' | undefined, seed: c.seed });
+      return new LoraTechnique(model, { rank: c.rank!, alpha: c.alpha!, convRank: c.convRank || undefined, convAlpha: c.convAlpha, trainTextEncoder: c.trainTextEncoder, lr: c.lr, textEncoderLr: c.textEncoderLr, format: c.loraFormat as 'kohya' | 'peft', saveDtype: c.saveDtype as 'fp16' | undefined, seed: c.seed, initFrom: c.initFrom });
     case 'hypernetwork':
-      return new HypernetworkTechnique(model, { name: hypernetworkName(c), lr: c.lr, layerStructure: c.layerStructure, activation: c.activation, addLayerNorm: c.layerNorm, dropoutStructure: c.dropoutStructure, weightInit: c.weightInit as 'Normal' | undefined, sizes: c.sizes, seed: c.seed });
+      return new HypernetworkTechnique(model, { name: hypernetworkName(c), lr: c.lr, layerStructure: c.layerStructure, activation: c.activation, addLayerNorm: c.layerNorm, dropoutStructure: c.dropoutStructure, weightInit: c.weightInit as 'Normal' | undefined, sizes: c.sizes, seed: c.seed, initFrom: c.initFrom });
   }
+}
+
+const KIND_WORD: Record<string, string> = { 'lora-kohya': 'a LoRA', 'lora-peft': 'a LoRA', embedding: 'an embedding', hypernetwork: 'a hypernetwork', checkpoint: 'a whole checkpoint' };
+
+/** The file to continue exists and is of the technique's kind (a LoRA for lora, …), or the error says what it is. */
+function checkInitFrom(path: string, technique: TrainConfig['technique']): void {
+  const want = technique === 'lora' ? 'LoRA' : technique;
+  if (!existsSync(path)) throw new TrainingError(`initFrom: ${path} does not exist; pass the ${want} file to continue from, or leave initFrom out to start a new one`);
+  let kind: string;
+  try {
+    kind = inspectPath(path).kind;
+  } catch (e) {
+    throw new TrainingError(`initFrom: ${(e as Error).message}`);
+  }
+  const is = KIND_WORD[kind];
+  if (!is || kind.startsWith(technique)) return;
+  const how = kind === 'checkpoint' ? 'train on it by passing it as model' : `continue it with \`sdtune train ${kind.startsWith('lora') ? 'lora' : kind}\``;
+  const a = technique === 'embedding' ? 'an' : 'a';
+  throw new TrainingError(`initFrom: ${path} is ${is}, not ${a} ${want}: ${how}, or pass ${a} ${want} file`);
 }
 
 /** Micro-batches checkEmbeddingCaptions plans: a long run's every epoch would take longer than the mistakes it catches, which show in the first epochs. */
@@ -154,6 +175,7 @@ export async function describeTraining(c: TrainConfig, o: { device?: string } = 
       lines.push(`sample check: the base model draws up to ${SAMPLE_CHECK.maxCaptions * SAMPLE_CHECK.negativesPerCaption} pictures before the first step, then ${c.sampleCheck} pictures are drawn at each of ${Math.ceil(steps / every)} validations (${SAMPLE_CHECK.steps} sampling steps each).`);
     }
     technique = makeTechnique(model, c);
+    if (technique.continued) lines.push(`${technique.continued}.`);
     checkEmbeddingCaptions(technique, ds, steps * accum, accum);
     const params = technique.groups().reduce((s, g) => s + g.params.reduce((n, [, p]) => n + p.numel, 0), 0);
     lines.push(`${c.technique}: ${params.toLocaleString('en')} trainable parameters; the result goes to ${c.out}`);
@@ -194,6 +216,7 @@ export async function runTraining(c: TrainConfig, o: RunTrainingOptions = {}): P
     check = sc;
     if (sc) o.onMessage?.(`sample check: a detector fitted on the training pictures against the base model's scores them ${sc.fit.positives.toFixed(2)} and ${sc.fit.negatives.toFixed(2)}; it will score ${sc.prompts.length * sc.perPrompt} pictures at each validation`);
     technique = makeTechnique(model, c);
+    if (technique.continued) o.onMessage?.(technique.continued);
     checkEmbeddingCaptions(technique, ds, steps * accum, accum);
     data = new DatasetTrainData(ds, { priorLossWeight: c.priorLossWeight, validation, onMessage: (m) => o.onMessage?.(`warning: ${m}`) });
     trainer = new Trainer(technique, data, {

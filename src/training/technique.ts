@@ -42,6 +42,8 @@ export interface Technique {
   save(path: string, info: SaveInfo): void;
   /** Default extension of the product file ('.safetensors', '.pt', or '' for a folder). */
   readonly extension: string;
+  /** With initFrom: a sentence on what the run continues (the file, its step and shape). */
+  readonly continued?: string;
   /** Switches adapters off (true) / on (false) to compute the base model's prediction. */
   bypass?(on: boolean): void;
   /** Undoes the patching and frees the technique's tensors; the model is as it was. */

@@ -118,6 +118,15 @@ async function journey(page: Page, errors: string[]): Promise<void> {
   await page.screenshot({ path: join(SHOTS, '4-generate.png'), fullPage: true });
   const outs = await s.call<{ parameters: string }[]>('GET', '/api/outputs');
   assert.match(outs.json[0].parameters, /^a large red heart in the center, on a blue background\nSteps: 8, .*Seed: 3, Size: 32x32, .*LoRA: "outline-style: 1"/s);
+
+  // Train again: the finished LoRA can be continued (the dry run says from what); not for DreamBooth.
+  await id(page, 'nav-train').click();
+  await id(page, 'train-technique-dreambooth').check();
+  assert.equal(await id(page, 'train-continue').isHidden(), true);
+  await id(page, 'train-technique-lora').check();
+  await id(page, 'train-continue').selectOption('outline-style');
+  await id(page, 'train-preflight').click();
+  await page.getByTestId('preflight-result').filter({ hasText: /continuing the LoRA outline-style\.safetensors: \d+ modules at rank 4/ }).waitFor({ timeout: 60_000 });
   assert.deepEqual(errors, []);
 }
 

@@ -4,7 +4,9 @@
 // the create/train routes with their one-sentence answers.
 import { test, after, before } from 'node:test';
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { Hypernetwork } from '../../src/adapters/hypernetwork.ts';
 import { decodePng } from '../../src/formats/png.ts';
 import { tempDir } from '../helpers.ts';
 import { conceptPictures, studio, uploadDataset, type Caller } from './helpers.ts';
@@ -99,6 +101,20 @@ test('create/embedding + train/embedding, create/hypernetwork + train/hypernetwo
   assert.equal(te.json.info, `train embedding complete: filename: ${join(s.studio.data.root, 'embeddings', 'sksheart.pt')} error: None`);
   const after = await call<{ loaded: Record<string, { step: number }> }>('GET', '/sdapi/v1/embeddings');
   assert.equal(after.json.loaded.sksheart.step, 12);
+  // As in A1111, training continues the file and `steps` is the total: 12 more steps than none, 15 three more.
+  const embFile = join(s.studio.data.root, 'embeddings', 'sksheart.pt');
+  const at12 = readFileSync(embFile);
+  const again12 = await call<{ info: string }>('POST', '/sdapi/v1/train/embedding', { embedding_name: 'sksheart', learn_rate: '0.05', data_root: 'hearts', training_width: 32, steps: 12, template_filename: 'subject_filewords.txt' });
+  assert.equal(again12.json.info, `train embedding complete: filename: ${embFile} error: None`);
+  assert.deepEqual(readFileSync(embFile), at12, 'already trained to 12 steps: the file is untouched');
+  const to15 = await call<{ info: string }>('POST', '/sdapi/v1/train/embedding', { embedding_name: 'sksheart', learn_rate: '0.05:13, 0.01', data_root: 'hearts', training_width: 32, steps: 15, template_filename: 'subject_filewords.txt' });
+  assert.equal(to15.json.info, `train embedding complete: filename: ${embFile} error: None`);
+  const more = s.studio.store.jobs({ status: ['done'] }).find((j) => j.type === 'train')!;
+  assert.equal(more.progress?.total, 3, 'three steps trained, from the file');
+  assert.equal(more.request.continue_from, 'sksheart');
+  assert.deepEqual((more.request.settings as Record<string, unknown>).lrSchedule, '0.05:1, 0.01', 'the schedule counted on from step 12');
+  const at15 = await call<{ loaded: Record<string, { step: number }> }>('GET', '/sdapi/v1/embeddings');
+  assert.equal(at15.json.loaded.sksheart.step, 15);
   const outside = await call<{ info: string }>('POST', '/sdapi/v1/train/embedding', { embedding_name: 'sksheart', data_root: '/etc', steps: 1 });
   assert.match(outside.json.info, /^train embedding complete: filename: {2}error: data_root \/etc is not a dataset of this studio/);
 
@@ -108,6 +124,17 @@ test('create/embedding + train/embedding, create/hypernetwork + train/hypernetwo
   assert.deepEqual(hn.json, [{ name: 'outline', path: join(s.studio.data.root, 'hypernetworks', 'outline.pt') }]);
   const th = await call<{ info: string }>('POST', '/sdapi/v1/train/hypernetwork', { id_task: 't2', hypernetwork_name: 'outline', learn_rate: '0.005', batch_size: 2, gradient_step: 1, data_root: join(s.studio.data.root, 'datasets', 'hearts'), log_directory: 'x', training_width: 32, training_height: 32, varsize: false, steps: 8, clip_grad_mode: 'disabled', clip_grad_value: '0.1', shuffle_tags: false, tag_drop_out: 0, latent_sampling_method: 'once', use_weight: false, create_image_every: 0, save_hypernetwork_every: 0, template_filename: 'hypernetwork.txt', preview_from_txt2img: false });
   assert.equal(th.json.info, `train embedding complete: filename: ${join(s.studio.data.root, 'hypernetworks', 'outline.pt')} error: None`);
+  const hnFile = join(s.studio.data.root, 'hypernetworks', 'outline.pt');
+  const trained = Hypernetwork.fromFile(hnFile);
+  assert.equal(trained.step, 8);
+  assert.deepEqual(trained.settings.layerStructure, [1, 2, 1]);
+  assert.equal(trained.settings.activation, 'relu', 'the structure create/hypernetwork wrote');
+  trained.dispose();
+  const th10 = await call<{ info: string }>('POST', '/sdapi/v1/train/hypernetwork', { hypernetwork_name: 'outline', learn_rate: '0.005', batch_size: 2, data_root: 'hearts', training_width: 32, steps: 10, template_filename: 'hypernetwork.txt' });
+  assert.equal(th10.json.info, `train embedding complete: filename: ${hnFile} error: None`);
+  const h10 = Hypernetwork.fromFile(hnFile);
+  assert.equal(h10.step, 10);
+  h10.dispose();
 
   const loras = await call<unknown[]>('GET', '/sdapi/v1/loras');
   assert.deepEqual(loras.json, []);

@@ -69,6 +69,9 @@ test('bad input: clear 4xx, nothing written, server up', async () => {
     ['POST', '/api/jobs', { technique: 'lora', dataset: 'outline', name: 'x', settings: { stepz: 10 } }, 400, /unknown setting "stepz"/],
     ['POST', '/api/jobs', { technique: 'lora', dataset: 'outline', name: 'x', settings: { out: '/etc/passwd' } }, 400, /server chooses paths/],
     ['POST', '/api/jobs', { technique: 'lora', dataset: '../../etc', name: 'x' }, 400, /not allowed/],
+    ['POST', '/api/jobs', { technique: 'lora', dataset: 'outline', name: 'x', settings: { initFrom: '/etc/passwd' } }, 400, /^settings\.initFrom: the server chooses paths; use continue_from \(the name of a library file\)$/],
+    ['POST', '/api/jobs', { technique: 'dreambooth', dataset: 'outline', name: 'x', continue_from: 'outline', settings: { token: 'sks' } }, 400, /^continue_from continues a LoRA, embedding or hypernetwork; DreamBooth trains the whole model, so pick the trained checkpoint as the model instead$/],
+    ['POST', '/api/jobs', { technique: 'lora', dataset: 'outline', name: 'x', continue_from: 'nope' }, 404, /there is no lora called "nope" in lora\//],
     ['POST', '/api/jobs', { technique: 'lora', dataset: 'outline', name: '../evil' }, 400, /not allowed/],
     ['POST', '/api/jobs', { technique: 'magic', dataset: 'outline', name: 'x' }, 400, /technique must be one of dreambooth, lora, embedding, hypernetwork/],
     ['POST', '/api/generate', { prompt: 'a heart', width: 100000 }, 400, /width must be at most 2048/],
@@ -155,6 +158,15 @@ test('train a LoRA, keep a snapshot, generate with it', async () => {
   const g = await call<Job>('POST', '/api/generate', { prompt: 'a large red heart', steps: 6, seed: 1, loras: [{ name: 'outline-lora', weight: 0.8 }] });
   const gd = await waitJob(call, g.json.id);
   assert.match((gd.result as GenerateResult).images[0].parameters, /LoRA: "outline-lora: 0\.8"/);
+  // Continued from the library file: the run starts from it and keeps its rank (not the settings').
+  const more = await call<Job>('POST', '/api/jobs', { technique: 'lora', dataset: 'outline', name: 'outline-lora-more', continue_from: 'outline-lora', settings: { ...QUICK_LORA, steps: 4, validateEvery: 4, rank: 2 } });
+  assert.equal(more.status, 201, more.text);
+  const moreDone = await waitJob(call, more.json.id);
+  assert.equal(moreDone.status, 'done', moreDone.error ?? '');
+  const moreHeader = readSafetensorsHeader(join(s.studio.data.root, 'lora', 'outline-lora-more.safetensors'));
+  assert.equal(moreHeader.metadata.ss_network_dim, h.metadata.ss_network_dim);
+  assert.deepEqual(moreHeader.entries.map((e) => e.key).sort(), h.entries.map((e) => e.key).sort());
+  assert.ok((await call<JobDetail>('GET', `/api/jobs/${more.json.id}`)).json.warnings.some((m) => m.startsWith('continuing the LoRA outline-lora.safetensors:')));
   // Training again under that name needs overwrite.
   const again = await call<{ error: string }>('POST', '/api/jobs', { technique: 'lora', dataset: 'outline', name: 'outline-lora', settings: QUICK_LORA });
   assert.equal(again.status, 409);

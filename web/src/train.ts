@@ -1,6 +1,6 @@
 // The Train tab: pick a technique (each with its trade-off in a sentence), a dataset and a preset,
 // check the run first (steps, time, memory), then start it and watch it in the Jobs tab.
-import type { DatasetSummary, Job, ModelInfo, Preflight, TechniqueKind, TrainRequest } from '../../src/server/api-types.ts';
+import type { AdapterInfo, DatasetSummary, Job, ModelInfo, Preflight, TechniqueKind, TrainRequest } from '../../src/server/api-types.ts';
 import { api, waitForJob } from './api.ts';
 import { busy, clearError, field, fill, formatBytes, formatDuration, formatNumber, h, navigate, option, showError } from './ui.ts';
 
@@ -83,6 +83,9 @@ const modelSelect = h('select', { testid: 'train-model' });
 const datasetSelect = h('select', { testid: 'train-dataset', id: 'train-dataset' });
 const validationSelect = h('select', { testid: 'train-validation-dataset' });
 const nameInput = h('input', { type: 'text', testid: 'train-name', autocomplete: 'off', placeholder: 'my-style', pattern: '[A-Za-z0-9][A-Za-z0-9 ._\\-]*' });
+const continueSelect = h('select', { testid: 'train-continue' });
+/** The library's adapters, for "Continue from" (refilled when the technique changes). */
+let library: AdapterInfo[] = [];
 const presetSelect = h(
   'select',
   { testid: 'train-preset' },
@@ -161,8 +164,14 @@ function suggestName(): void {
   nameInput.value = ds ? `${ds}-${technique}`.replace(/[^A-Za-z0-9 ._-]/g, '-').slice(0, 80) : '';
 }
 
+function fillContinue(): void {
+  const mine = library.filter((a) => a.kind === technique).map((a) => ({ value: a.name, label: a.name }));
+  fillSelect(continueSelect, mine, { value: '', label: mine.length ? 'Nothing: start a new one' : 'Nothing in the library yet' }, continueSelect.value);
+}
+
 function setTechnique(kind: TechniqueKind): void {
   technique = kind;
+  fillContinue();
   const t = TECHNIQUES.find((x) => x.kind === kind);
   explain.textContent = t ? t.explain : '';
   for (const r of radios) r.closest('.technique-card')?.classList.toggle('selected', r.value === kind);
@@ -233,6 +242,11 @@ function buildRequest(): TrainRequest {
   const req: TrainRequest = { technique, dataset: datasetSelect.value, name, settings: { ...s, ...readJson() } };
   if (modelSelect.value) req.model = modelSelect.value;
   if (validationSelect.value) req.validation_dataset = validationSelect.value;
+  if (technique !== 'dreambooth' && continueSelect.value) {
+    req.continue_from = continueSelect.value;
+    // Continuing a file under its own name replaces it when the run is done, as A1111 does.
+    if (continueSelect.value === name) req.overwrite = true;
+  }
   return req;
 }
 
@@ -287,7 +301,9 @@ function fillSelect(select: HTMLSelectElement, items: { value: string; label: st
 let datasetsEmpty: HTMLElement | null = null;
 
 async function refresh(preselect?: string): Promise<void> {
-  const [models, datasets, status] = await Promise.all([api.models(), api.datasets(), api.status().catch(() => null)]);
+  const [models, datasets, status, adapters] = await Promise.all([api.models(), api.datasets(), api.status().catch(() => null), api.adapters().catch(() => [])]);
+  library = adapters;
+  fillContinue();
   const modelKeep = modelSelect.value || status?.default_model || '';
   fillSelect(modelSelect, models.map((m: ModelInfo) => ({ value: m.name, label: m.builtin ? `${m.name} (built in)` : m.name })), null, modelKeep);
   const label = (d: DatasetSummary) => `${d.name} (${d.images} picture${d.images === 1 ? '' : 's'}, ${d.captioned} captioned)`;
@@ -334,6 +350,7 @@ export function createTrainTab(): HTMLElement {
         field('Starting model', modelSelect, 'The model to fine-tune.'),
         field('Name of the result', nameInput, 'Letters, digits, spaces, . _ - ; this is the file name in the library.'),
         field('Preset', presetSelect, 'Fills in numbers that work on the built-in toy model.'),
+        techField(['lora', 'embedding', 'hypernetwork'], 'Continue from', continueSelect, 'Optional: a file in your library to keep training. It keeps its rank, vectors or layers; give the result the same name to replace it.'),
       ),
     ),
     h('section', { class: 'card' },

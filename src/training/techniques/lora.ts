@@ -8,6 +8,7 @@ import { saveSafetensors, serializeSafetensors } from '../../formats/safetensors
 import { addnetHashes, kohyaMetadata, loraToKohya, loraToPeft, type KohyaTrainingInfo } from '../../formats/layouts/index.ts';
 import type { StableDiffusion } from '../../models/load.ts';
 import { disposeLoraFile, injectLora, type LoraHandle } from '../../adapters/lora.ts';
+import { loadLoraFile } from '../../adapters/lora-file.ts';
 import type { SaveInfo, Technique, TrainableGroup } from '../technique.ts';
 
 export interface LoraTrainOptions {
@@ -21,6 +22,8 @@ export interface LoraTrainOptions {
   format?: 'kohya' | 'peft';
   saveDtype?: 'fp32' | 'fp16' | 'bf16';
   seed?: number;
+  /** Continue from this LoRA file (kohya or PEFT): its modules, ranks, alphas and weights. */
+  initFrom?: string;
   /** Run facts for the kohya metadata (dataset dirs, tag frequency, …). */
   info?: Partial<KohyaTrainingInfo>;
 }
@@ -34,14 +37,47 @@ export class LoraTechnique implements Technique {
   readonly handle: LoraHandle;
   private readonly started = new Date();
 
+  readonly continued?: string;
+  /** network_dim / network_alpha as trained (the file's, when continuing). */
+  private readonly rank: number;
+  private readonly alpha: number;
+  private readonly conv?: { rank: number; alpha: number };
+
   constructor(readonly model: StableDiffusion, private readonly o: LoraTrainOptions) {
-    this.needsTextGrad = o.trainTextEncoder !== false;
     for (const m of [model.unet, model.textEncoder, model.vae]) m.requiresGrad_(false);
+    if (o.initFrom) {
+      // Strict: a file made for another model is refused with its keys listed, not half-loaded.
+      const file = loadLoraFile(o.initFrom, model);
+      try {
+        this.handle = injectLora(model, { from: file }, o.seed ?? 0);
+      } finally {
+        disposeLoraFile(file);
+      }
+      const branches = [...this.handle.modules.entries()];
+      const te = branches.filter(([p]) => !p.startsWith('unet.')).length;
+      this.needsTextGrad = te > 0;
+      const isConv = (p: string) => this.handle.modules.get(p)!.down.shape.length === 4 && this.handle.modules.get(p)!.down.shape[2] > 1;
+      const lin = branches.find(([p]) => !isConv(p)) ?? branches[0];
+      const conv = branches.find(([p]) => isConv(p));
+      this.rank = lin[1].rank;
+      this.alpha = lin[1].alpha;
+      if (conv) this.conv = { rank: conv[1].rank, alpha: conv[1].alpha };
+      const name = o.initFrom.replace(/^.*[\\/]/, '');
+      const notes = [`${branches.length} modules at rank ${this.rank}, alpha ${this.alpha}${conv ? ` (3×3 convs: rank ${conv[1].rank})` : ''}`];
+      if (te === 0 && o.trainTextEncoder !== false) notes.push('it has no text-encoder pairs, so only the UNet is trained');
+      if (te > 0 && o.trainTextEncoder === false) notes.push(`its ${te} text-encoder pairs are trained too (they are part of the file)`);
+      this.continued = `continuing the LoRA ${name}: ${notes.join('; ')}; the rank and alpha settings are the file's`;
+      return;
+    }
+    this.needsTextGrad = o.trainTextEncoder !== false;
+    this.rank = o.rank;
+    this.alpha = o.alpha;
+    if (o.convRank) this.conv = { rank: o.convRank, alpha: o.convAlpha ?? 1 };
     const te = this.needsTextGrad;
     this.handle = injectLora(model, {
       rank: o.rank,
       alpha: o.alpha,
-      ...(o.convRank ? { convRank: o.convRank, convAlpha: o.convAlpha ?? 1 } : {}),
+      ...(this.conv ? { convRank: this.conv.rank, convAlpha: this.conv.alpha } : {}),
       targets: (p) => te || p.startsWith('unet.'),
     }, o.seed ?? 0);
   }
@@ -89,7 +125,7 @@ export class LoraTechnique implements Technique {
             startedAt: this.started,
             finishedAt: new Date(),
             baseModel: { name: info.baseName, sha256: info.baseHash || undefined },
-            network: { module: 'networks.lora', dim: this.o.rank, alpha: this.o.alpha, args: this.o.convRank ? { conv_dim: String(this.o.convRank), conv_alpha: String(this.o.convAlpha ?? 1) } : undefined },
+            network: { module: 'networks.lora', dim: this.rank, alpha: this.alpha, args: this.conv ? { conv_dim: String(this.conv.rank), conv_alpha: String(this.conv.alpha) } : undefined },
             learningRate: this.o.lr,
             unetLr: this.o.lr,
             textEncoderLr: this.needsTextGrad ? this.o.textEncoderLr ?? this.o.lr : null,

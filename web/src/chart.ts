@@ -1,6 +1,7 @@
 // The over/underfitting meter, drawn on a canvas with no chart library: training loss (light,
 // noisy), held-out validation loss (the line to watch) on the left axis, prior drift on the right
-// axis, and a vertical marker at the step the meter recommends keeping.
+// axis, the sample check's score (when the run has one) from 0 at the bottom to 1 at the top, and
+// a vertical marker at the step the meter recommends keeping.
 import type { Recommendation, StepPoint } from '../../src/server/api-types.ts';
 import { h } from './ui.ts';
 
@@ -9,6 +10,7 @@ const COLORS = {
   val: '#1f5f8b',
   drift: '#b8561c',
   marker: '#2e7d32',
+  samples: '#7b3fa0',
   grid: '#e3e1dc',
   text: '#5b5f66',
 };
@@ -169,6 +171,17 @@ export function drawMeter(canvas: HTMLCanvasElement, data: MeterData): void {
     const dr = recs.filter((r) => r.prior_drift !== undefined && Number.isFinite(r.prior_drift));
     line(dr.map((r) => [X(r.step), D(r.prior_drift as number)]), COLORS.drift, 1.8, [5, 4], dr.length < 60);
   }
+  const sc = recs.filter((r) => r.sample_score !== undefined && Number.isFinite(r.sample_score));
+  if (sc.length) {
+    // A share (0–1), so it gets the plot's full height rather than an axis of its own.
+    const S = (v: number) => m.top + ht - Math.min(1, Math.max(0, v)) * ht;
+    line(sc.map((r) => [X(r.step), S(r.sample_score as number)]), COLORS.samples, 2, [1, 3], true);
+    const last = sc[sc.length - 1];
+    ctx.fillStyle = COLORS.samples;
+    ctx.textAlign = 'right';
+    ctx.textBaseline = (last.sample_score as number) > 0.85 ? 'top' : 'bottom';
+    ctx.fillText(`${Math.round((last.sample_score as number) * 100)} % show it`, Math.min(X(last.step), m.left + w) - 4, S(last.sample_score as number) + ((last.sample_score as number) > 0.85 ? 4 : -4));
+  }
   ctx.restore();
 
   if (rec) {
@@ -191,7 +204,7 @@ export function drawMeter(canvas: HTMLCanvasElement, data: MeterData): void {
 }
 
 /** The chart's key, in plain words. */
-export function meterLegend(): HTMLElement {
+export function meterLegend(o: { samples?: boolean } = {}): HTMLElement {
   const key = (color: string, text: string, dashed = false) =>
     h('li', {}, h('span', { class: `swatch${dashed ? ' dashed' : ''}`, style: `--swatch: ${color}` }), text);
   return h(
@@ -201,6 +214,7 @@ export function meterLegend(): HTMLElement {
       key(COLORS.loss, 'training loss (noisy; always falls)'),
       key(COLORS.val, 'validation loss on held-out pictures'),
       key(COLORS.drift, 'prior drift: how far ordinary prompts have moved (right axis)', true),
+      o.samples ? key(COLORS.samples, 'sample check: the share of pictures that show your concept (bottom 0 %, top 100 %)', true) : null,
       key(COLORS.marker, 'the step the meter recommends keeping', true),
     ),
     h('p', {}, 'How to read it: validation falling = still learning (underfit); validation rising or drift growing = memorising (overfit).'),

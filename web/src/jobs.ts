@@ -317,7 +317,8 @@ function renderDetail(): void {
       ? h('section', { class: 'card meter' },
           h('h3', {}, 'Is it learning or memorising?'),
           canvas,
-          meterLegend(),
+          // Known from the request, so the key is right before the first validation comes in.
+          meterLegend({ samples: Number((d.request.settings as Record<string, unknown> | undefined)?.sampleCheck ?? 0) > 0 || d.records.some((r) => r.sample_score !== undefined) }),
           h('p', { testid: 'job-recommendation', class: `recommendation ${rec ? `verdict-${rec.verdict}` : ''}` },
             rec ? `${rec.verdict === 'ok' ? 'Looks right' : rec.verdict === 'underfit' ? 'Still learning' : 'Memorising'}: ${rec.message}` : 'No recommendation yet: it comes after the first validations.'),
         )

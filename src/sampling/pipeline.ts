@@ -6,6 +6,7 @@ import * as T from '../torch/index.ts';
 import type { StableDiffusion } from '../models/load.ts';
 import type { RgbImage } from '../formats/png.ts';
 import { makeScheduler, sampleLoop, type SchedulerName } from './schedulers.ts';
+import { NoiseSchedule, parseSchedulerConfig } from './schedule.ts';
 import { Conditioning, PromptError, type PromptEmbeddings } from './conditioning.ts';
 import { parseExtraNetworks, type ExtraNetworks } from '../text/prompt.ts';
 
@@ -32,11 +33,21 @@ export interface GenerateOptions {
   /** Extra "key: value" pairs for the PNG parameters line (LoRAs used, …). */
   extraParameters?: Record<string, string>;
   onStep?: (step: number, total: number) => void;
+  /** Live previews: every `every` steps, the picture the model is heading for (see previewImages). */
+  preview?: PreviewOptions;
   /**
    * Receives the `<lora:…>` / `<hypernet:…>` tags cut out of the prompt, to apply them before the
    * UNet runs. Without it, a prompt with such tags is refused (nothing to look them up in).
    */
   onExtraNetworks?: (nets: ExtraNetworks) => void;
+}
+
+export interface PreviewOptions {
+  /** Steps between previews (the last step has none: the result follows). */
+  every: number;
+  /** The longest side of a preview in pixels (default 256): larger latents are averaged down first, so a preview costs a fraction of the final decode. */
+  maxSide?: number;
+  onPreview: (images: RgbImage[], step: number, total: number) => void;
 }
 
 export interface GeneratedImage {
@@ -190,6 +201,8 @@ export function generateWithLatents(model: StableDiffusion, o: GenerateOptions, 
   try {
     const parts = cond.parts.length;
     const withUncond = v.cfg > 1 || parts > 1;
+    const pv = o.preview && o.preview.every >= 1 ? o.preview : undefined;
+    const ab = pv ? NoiseSchedule.fromConfig(parseSchedulerConfig(model.schedulerConfig, 'ddpm')).alphasCumprod : undefined;
     const latents = T.noGrad(() => T.tidy(() => {
       // 2. noise: one CPU generator for the whole batch, as diffusers' randn_tensor with a CPU generator
       const gen = new T.Generator(seed);
@@ -211,11 +224,15 @@ export function generateWithLatents(model: StableDiffusion, o: GenerateOptions, 
         const context = T.cat(ctx.map((c) => c.repeat(v.batch, 1, 1)), 0);
         const input = ctx.length > 1 ? T.cat(ctx.map(() => x), 0) : x;
         const out = model.unet.forward(input, t, context);
-        if (!withUncond) return out;
+        if (!withUncond) {
+          if (pv && (step + 1) % pv.every === 0 && step + 1 < total) preview(model, x, out, t, ab!, pv, step + 1, total);
+          return out;
+        }
         const outs = out.chunk(ctx.length, 0);
         const u = outs[0];
         let guided = u;
         for (let p = 0; p < parts; p++) guided = guided.add(outs[p + 1].sub(u).mul(v.cfg * cond.parts[p].weight));
+        if (pv && (step + 1) % pv.every === 0 && step + 1 < total) preview(model, x, guided, t, ab!, pv, step + 1, total);
         return guided;
       }, {
         init,
@@ -233,4 +250,26 @@ export function generateWithLatents(model: StableDiffusion, o: GenerateOptions, 
     cond.dispose();
     scheduler.dispose();
   }
+}
+
+/**
+ * One live preview: the clean picture the step's prediction points at (x̂₀ from the UNet's input
+ * x_t and its ε or v output, with ᾱ at t, interpolated for the fractional timesteps of Karras
+ * sigmas), decoded by the VAE from latents averaged down to at most `maxSide` pixels. It reads the
+ * step's tensors and draws no random numbers, so the result is the same with previews or without.
+ */
+function preview(model: StableDiffusion, x: T.Tensor, out: T.Tensor, t: number, ab: Float32Array, pv: PreviewOptions, step: number, total: number): void {
+  const lo = Math.max(0, Math.min(ab.length - 1, Math.floor(t)));
+  const hi = Math.min(ab.length - 1, lo + 1);
+  const a = ab[lo] + (ab[hi] - ab[lo]) * Math.max(0, Math.min(1, t - lo));
+  const images = T.tidy(() => {
+    const x0 = model.prediction === 'v_prediction' ? x.mul(Math.sqrt(a)).sub(out.mul(Math.sqrt(1 - a))) : x.sub(out.mul(Math.sqrt(1 - a))).div(Math.sqrt(a));
+    const factor = 2 ** (model.vae.cfg.blockOutChannels.length - 1);
+    const side = Math.max(x0.shape[2], x0.shape[3]) * factor;
+    let k = 1;
+    while (side / (k * 2) >= (pv.maxSide ?? 256) && x0.shape[2] % (k * 2) === 0 && x0.shape[3] % (k * 2) === 0) k *= 2;
+    const small = k > 1 ? T.avgPool2d(x0, k) : x0;
+    return tensorToImages(model.vae.decode(small.div(model.vae.cfg.scalingFactor)));
+  });
+  pv.onPreview(images, step, total);
 }

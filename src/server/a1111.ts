@@ -111,6 +111,8 @@ export function a1111Routes(s: Studio): { router: Router } {
       batch,
       sampler: sam.ours,
       karras: sam.karras,
+      // A1111's show_progress_every_n_steps default.
+      preview_every: 10,
       ...(clip > 1 && { clip_skip: clip }),
       ...(init !== undefined && { init_image: init, strength: num(b.denoising_strength, 0.75) }),
     };
@@ -205,7 +207,7 @@ export function a1111Routes(s: Studio): { router: Router } {
   });
   router.add('GET', `${P}/hypernetworks`, () => ({ json: s.data.adapters('hypernetwork').map((a) => ({ name: a.name, path: s.adapterPath('hypernetwork', a.name) })) }));
 
-  router.add('GET', `${P}/progress`, () => {
+  router.add('GET', `${P}/progress`, (req) => {
     const id = s.queue.runningId;
     const job: Job | null = id ? s.store.job(id) : null;
     const p = job?.progress;
@@ -217,7 +219,8 @@ export function a1111Routes(s: Studio): { router: Router } {
         progress: job ? frac : 0,
         eta_relative: job ? eta : 0,
         state: { skipped: false, interrupted: s.queue.stopping, stopping_generation: false, job: job ? `${job.type} ${job.id}` : '', job_count: job ? 1 + s.queue.queuedCount() : 0, job_timestamp: lastTimestamp, job_no: 0, sampling_step: p?.step ?? 0, sampling_steps: p?.total ?? 0 },
-        current_image: null,
+        // A1111 sends the live preview as bare base64 unless skip_current_image=true.
+        current_image: id && req.query.get('skip_current_image') !== 'true' ? s.queue.preview(id)?.png.toString('base64') ?? null : null,
         textinfo: p?.message ?? null,
       },
     };

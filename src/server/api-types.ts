@@ -114,6 +114,8 @@ export interface GenerateRequest {
   /** img2img: a PNG or JPEG as base64 (a data: URL is fine) and how much to change it. */
   init_image?: string;
   strength?: number;
+  /** A live preview every N sampling steps (GET /api/jobs/{id}/preview, 'preview' events); default 5, 0 = none. */
+  preview_every?: number;
 }
 
 export interface OutputImage {
@@ -223,4 +225,6 @@ export type JobEvent =
   | { type: 'job'; job: Job }
   | { type: 'progress'; id: string; step: number; total: number; message: string; loss?: number }
   | { type: 'record'; id: string; record: StepPoint }
+  /** A new live preview of a running generation: GET /api/jobs/{id}/preview. */
+  | { type: 'preview'; id: string; step: number; total: number }
   | { type: 'warning'; id: string; text: string };

@@ -43,6 +43,7 @@ export const SCHEMAS = {
     hypernetworks: arr(obj({ name: NAME_S, weight: num({ min: -5, max: 5 }) }, ['name', 'weight']), 16),
     init_image: str({ max: GENERATE_LIMIT, description: 'img2img: base64 PNG, JPEG or WebP (a data: URL is fine)' }),
     strength: num({ min: 0, max: 1 }),
+    preview_every: int({ min: 0, max: 1000, description: 'a live preview every N sampling steps (GET /api/jobs/{id}/preview); default 5, 0 = none' }),
   }, ['prompt']),
   train: obj({
     technique: str({ enum: TECHNIQUES }),
@@ -252,6 +253,13 @@ export function apiRoutes(s: Studio): { router: Router; docs: RouteDoc[] } {
       : [];
     const d: JobDetail = { ...job, records, recommendation: rec && { step: rec.step, verdict: rec.verdict, message: rec.message }, snapshots: s.snapshots(job), samples };
     return { json: d };
+  });
+  route('GET', '/api/jobs/{id}/preview', 'The newest live preview of a running generation (PNG; the batch side by side)', (req) => {
+    const job = s.store.job(req.params.id);
+    if (!job) throw new HttpError(404, `there is no job ${JSON.stringify(req.params.id)}`);
+    const p = s.queue.preview(job.id);
+    if (!p) throw new HttpError(404, job.status === 'running' ? `job ${job.id} has drawn no preview yet` : `job ${job.id} is ${job.status}: previews exist only while it samples (its pictures are in the result)`);
+    return { bytes: p.png, type: 'image/png' };
   });
   route('POST', '/api/jobs/{id}/cancel', 'Cancel a job (a training job saves a checkpoint first and can resume)', (req) => ({ json: s.queue.cancel(req.params.id) }));
   route('POST', '/api/jobs/{id}/resume', 'Resume an interrupted, cancelled or failed training job from its last checkpoint', (req) => ({ json: s.queue.resume(req.params.id) }));

@@ -21,3 +21,16 @@ export async function decodeImage(b64: string, field = 'init_image'): Promise<Rg
     throw new HttpError(400, `${field} cannot be read (${(e as Error).message}): send a PNG, JPEG or WebP as base64`, field);
   }
 }
+
+/** A batch as one picture: same-size RGB images side by side, left to right (a live preview of a batch). */
+export function sideBySide(images: readonly RgbImage[]): RgbImage {
+  if (images.length === 0) throw new Error('sideBySide: no images');
+  const { width: w, height: h } = images[0];
+  if (images.length === 1) return images[0];
+  const out = new Uint8Array(w * images.length * h * 3);
+  images.forEach((img, k) => {
+    if (img.width !== w || img.height !== h || img.channels !== 3) throw new Error(`sideBySide: image ${k} is ${img.width}×${img.height}×${img.channels}, not ${w}×${h}×3`);
+    for (let y = 0; y < h; y++) out.set(img.data.subarray(y * w * 3, (y + 1) * w * 3), (y * w * images.length + k * w) * 3);
+  });
+  return { width: w * images.length, height: h, channels: 3, data: out };
+}

@@ -29,6 +29,8 @@ interface Running {
   finished: boolean;
   /** cancel() was called: the end of the run is a cancellation, not a failure. */
   cancelRequested: boolean;
+  /** The newest live preview of a generation (kept in memory while the job runs, not stored). */
+  preview?: { step: number; total: number; png: Buffer };
 }
 
 export class JobQueue extends EventEmitter {
@@ -61,6 +63,12 @@ export class JobQueue extends EventEmitter {
   /** The running job's worker process id (what an operator would kill). */
   get workerPid(): number | null {
     return this.running?.child.pid ?? null;
+  }
+
+  /** The running job's newest live preview (a PNG), or null (not running, or none drawn yet). */
+  preview(id: string): { step: number; total: number; png: Buffer } | null {
+    const r = this.running;
+    return r && r.id === id && !r.finished ? r.preview ?? null : null;
   }
 
   queuedCount(): number {
@@ -200,6 +208,10 @@ export class JobQueue extends EventEmitter {
         this.emitEvent({ type: 'progress', id, ...progress });
         break;
       }
+      case 'preview':
+        r.preview = { step: m.step, total: m.total, png: Buffer.from(m.png) };
+        this.emitEvent({ type: 'preview', id, step: m.step, total: m.total });
+        break;
       case 'record':
         this.store.addRecord(id, m.record);
         this.emitEvent({ type: 'record', id, record: m.record });

@@ -25,6 +25,9 @@ export const TOY_MODEL_NAME = 'toy-sd.safetensors';
 export const STUDIO_LIMITS = { steps: 100_000, batchSize: 64, resolution: 2048, genSteps: 150, genBatch: 16, genSide: 2048 };
 
 /** Settings a request may not set: the server chooses every path. */
+/** Sampling steps between live previews when a request does not say (each costs a small VAE decode). */
+export const DEFAULT_PREVIEW_EVERY = 5;
+
 const PATH_SETTINGS = ['model', 'data', 'out', 'workDir', 'classData', 'validationData', 'template', 'initFrom'];
 
 const camel = (k: string): string => k.replace(/[-_]([a-z])/g, (_, c: string) => c.toUpperCase());
@@ -265,6 +268,7 @@ export class Studio {
       outDir: this.data.dir('outputs'),
       prefix: job.id,
       initImage: r.init_image,
+      previewEvery: r.preview_every ?? DEFAULT_PREVIEW_EVERY,
       job: {
         model: this.modelPath(r.model),
         device: this.device,

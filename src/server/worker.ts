@@ -4,7 +4,7 @@
 // is seen by the server as the process exiting without 'done'.
 import { mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { writePng } from '../formats/png.ts';
+import { encodePng, writePng } from '../formats/png.ts';
 import { loadStableDiffusion } from '../models/load.ts';
 import { convert, type DtypeName, type Target } from '../models/convert.ts';
 import { runGenerateJob } from '../sampling/run.ts';
@@ -13,7 +13,7 @@ import { EmbeddingTechnique } from '../training/techniques/embedding.ts';
 import { Hypernetwork } from '../adapters/hypernetwork.ts';
 import type { WeightInit } from '../adapters/hypernetwork.ts';
 import type { StepRecord } from '../training/loop.ts';
-import { decodeImage } from './image.ts';
+import { decodeImage, sideBySide } from './image.ts';
 import type { FromWorker, ToWorker, WorkerTask } from './protocol.ts';
 import type { GenerateResult, Preflight, StepPoint } from './api-types.ts';
 
@@ -65,7 +65,9 @@ async function run(task: WorkerTask): Promise<unknown> {
     case 'generate': {
       const t0 = Date.now();
       const init = task.initImage === undefined ? undefined : await decodeImage(task.initImage);
-      const images = runGenerateJob({ ...task.job, options: { ...task.job.options, ...(init && { init }), onStep: (s, n) => send({ type: 'progress', step: s, total: n, message: `sampling ${s}/${n}` }) } });
+      const every = task.previewEvery ?? 0;
+      const preview = every > 0 ? { every, onPreview: (imgs: Parameters<typeof sideBySide>[0], step: number, total: number) => send({ type: 'preview', step, total, png: encodePng(sideBySide(imgs)) }) } : undefined;
+      const images = runGenerateJob({ ...task.job, options: { ...task.job.options, ...(init && { init }), ...(preview && { preview }), onStep: (s, n) => send({ type: 'progress', step: s, total: n, message: `sampling ${s}/${n}` }) } });
       const out: GenerateResult = { images: [], seconds: 0 };
       images.forEach((img, i) => {
         const file = `${task.prefix}-${i + 1}.png`;

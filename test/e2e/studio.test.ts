@@ -119,6 +119,14 @@ async function journey(page: Page, errors: string[]): Promise<void> {
   const outs = await s.call<{ parameters: string }[]>('GET', '/api/outputs');
   assert.match(outs.json[0].parameters, /^a large red heart in the center, on a blue background\nSteps: 8, .*Seed: 3, Size: 32x32, .*LoRA: "outline-style: 1"/s);
 
+  // A longer generation shows where it is heading while it samples (a preview every 5 steps), then the picture.
+  await id(page, 'gen-steps').fill('150');
+  await id(page, 'gen-submit').click();
+  await page.getByTestId('gen-preview').filter({ hasText: /at step \d+ of 150/ }).waitFor({ timeout: 60_000 });
+  await page.waitForFunction(`(() => { const i = document.querySelector('[data-testid="gen-preview"] img'); return !!i && i.complete && i.naturalWidth === 32; })()`, null, { timeout: 30_000 });
+  await page.getByTestId('gen-progress').filter({ hasText: /^Done: 1 picture/ }).waitFor({ timeout: 60_000 });
+  assert.equal(await id(page, 'gen-preview').isHidden(), true, 'the preview goes when the picture comes');
+
   // Train again: the finished LoRA can be continued (the dry run says from what); not for DreamBooth.
   await id(page, 'nav-train').click();
   await id(page, 'train-technique-dreambooth').check();

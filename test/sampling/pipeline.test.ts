@@ -9,7 +9,8 @@ import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import * as T from '../../src/torch/index.ts';
 import { loadStableDiffusion, type StableDiffusion } from '../../src/models/load.ts';
-import { generate, generateWithLatents, parametersText, validateOptions } from '../../src/sampling/pipeline.ts';
+import { generate, generateWithLatents, parametersText, tensorToImages, validateOptions } from '../../src/sampling/pipeline.ts';
+import { NoiseSchedule, parseSchedulerConfig } from '../../src/sampling/schedule.ts';
 import { Conditioning, encodeText } from '../../src/sampling/conditioning.ts';
 import { makeScheduler, sampleLoop, type SchedulerName } from '../../src/sampling/schedulers.ts';
 import { convert } from '../../src/models/convert.ts';
@@ -203,4 +204,34 @@ test('SD2-style v-prediction folder: scheduler_config.json read as diffusers doe
   } finally {
     m2.dispose();
   }
+});
+
+test('live previews: x̂₀ decoded every N steps (exact for a known target), smaller when asked, and the image unchanged', () => {
+  const before = T.memoryStats().live;
+  const o = { prompt: 'a red square', seed: 11, steps: 12, width: 64, height: 64, sampler: 'euler' as const, karras: true };
+  const plain = generate(model, o)[0].image.data;
+  const seen: { step: number; total: number; width: number; data: Uint8Array }[] = [];
+  const withPreview = generate(model, { ...o, preview: { every: 4, onPreview: (imgs, step, total) => seen.push({ step, total, width: imgs[0].width, data: imgs[0].data }) } })[0].image.data;
+  assert.deepEqual(withPreview, plain, 'previews change nothing in the result');
+  assert.deepEqual(seen.map((p) => [p.step, p.total, p.width]), [[4, 12, 64], [8, 12, 64]], 'every 4 steps, none at the last');
+  assert.ok(psnr(seen[1].data, plain) > psnr(seen[0].data, plain), `later previews are nearer the result: ${psnr(seen[0].data, plain).toFixed(1)} → ${psnr(seen[1].data, plain).toFixed(1)} dB`);
+  // A denoiser whose ε points every step at the same clean latent c: each preview is decode(c) exactly.
+  const ab = NoiseSchedule.fromConfig(parseSchedulerConfig(model.schedulerConfig, 'ddpm')).alphasCumprod;
+  const c = T.keep(T.tidy(() => T.randn([1, model.unet.cfg.inChannels, 8, 8], { generator: new T.Generator(3) }).mul(0.5)));
+  const fake = withUnet(model, (x, t) => {
+    const lo = Math.floor(t);
+    const a = ab[lo] + (ab[Math.min(ab.length - 1, lo + 1)] - ab[lo]) * (t - lo);
+    return x.sub(c.mul(Math.sqrt(a))).div(Math.sqrt(1 - a));
+  });
+  const target = T.noGrad(() => T.tidy(() => tensorToImages(model.vae.decode(c.div(model.vae.cfg.scalingFactor)))))[0];
+  const exact: Uint8Array[] = [];
+  generate(fake, { ...o, cfg: 1, preview: { every: 3, onPreview: (imgs) => exact.push(imgs[0].data) } });
+  assert.equal(exact.length, 3);
+  for (const d of exact) assert.ok(psnr(d, target.data) > 40, `x̂₀ is the target: ${psnr(d, target.data).toFixed(1)} dB`);
+  c.dispose();
+  // maxSide: latents averaged down by 2 until the side fits (64 → 32 pixels).
+  const small: number[] = [];
+  generate(model, { ...o, steps: 4, preview: { every: 2, maxSide: 32, onPreview: (imgs) => small.push(imgs[0].width, imgs[0].height) } });
+  assert.deepEqual(small, [32, 32]);
+  assert.equal(T.memoryStats().live, before, 'previews leave no live tensors');
 });

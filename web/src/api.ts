@@ -129,7 +129,7 @@ let lostConnection = false;
 function isJobEvent(v: unknown): v is JobEvent {
   if (typeof v !== 'object' || v === null) return false;
   const t = (v as { type?: unknown }).type;
-  return t === 'job' || t === 'progress' || t === 'record' || t === 'warning';
+  return t === 'job' || t === 'progress' || t === 'record' || t === 'warning' || t === 'preview';
 }
 
 /** Opens the one shared stream on first use; EventSource reconnects by itself after a drop. */

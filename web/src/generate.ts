@@ -46,6 +46,15 @@ const batch = numberInput('gen-batch', 1, { min: 1, max: 16 });
 const submit = h('button', { type: 'submit', testid: 'gen-submit', class: 'primary' }, 'Generate');
 const cancel = h('button', { type: 'button', testid: 'gen-cancel', class: 'secondary', hidden: true }, 'Stop');
 const progress = h('p', { testid: 'gen-progress', class: 'progress-line', 'aria-live': 'polite' });
+/** The running generation's live preview: where the picture is heading, every few steps. */
+const previewImg = h('img', { class: 'gen-preview-img', alt: 'Live preview of the picture being made' });
+const previewCaption = h('figcaption', { class: 'hint' });
+const preview = h('figure', { testid: 'gen-preview', class: 'gen-preview', hidden: true }, previewImg, previewCaption);
+previewImg.addEventListener('error', () => (preview.hidden = true));
+function hidePreview(): void {
+  preview.hidden = true;
+  previewImg.removeAttribute('src');
+}
 
 const gallery = h('div', { testid: 'gallery', class: 'gallery' });
 const infoPanel = h('div', { class: 'png-panel card', hidden: true, testid: 'png-panel' });
@@ -338,6 +347,7 @@ async function runGenerate(): Promise<void> {
     throw e;
   } finally {
     runningJob = null;
+    hidePreview();
     cancel.hidden = true;
     submit.disabled = false;
   }
@@ -408,13 +418,18 @@ export function createGenerateTab(): HTMLElement {
   // A generate job started elsewhere (or by another page) still lands in the gallery.
   onEvent((ev) => {
     if (ev.type === 'job' && ev.job.type === 'generate' && ev.job.status === 'done' && isGenerateResult(ev.job.result)) addOutputs(ev.job.result.images);
+    if (ev.type === 'preview' && ev.id === runningJob) {
+      previewImg.src = `/api/jobs/${encodeURIComponent(ev.id)}/preview?step=${ev.step}`;
+      previewCaption.textContent = `Where it is heading, at step ${ev.step} of ${ev.total}`;
+      preview.hidden = false;
+    }
   });
   renderGallery();
   return h(
     'div',
     { class: 'gen-layout' },
     form,
-    h('div', { class: 'gen-results' }, h('h2', {}, 'Pictures'), h('p', { class: 'hint' }, 'Click a picture to see the settings that made it.'), infoPanel, gallery),
+    h('div', { class: 'gen-results' }, h('h2', {}, 'Pictures'), h('p', { class: 'hint' }, 'Click a picture to see the settings that made it.'), preview, infoPanel, gallery),
   );
 }
 

@@ -395,7 +395,7 @@ export function createJobsTab(): HTMLElement {
       }
     } else if (ev.type === 'progress') onProgress(ev);
     else if (ev.type === 'warning') onWarning(ev.id, ev.text);
-    else onRecord(ev.id, ev.record);
+    else if (ev.type === 'record') onRecord(ev.id, ev.record);
   });
   onReconnect(() => {
     void refresh().catch(() => undefined);

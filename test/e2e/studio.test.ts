@@ -127,10 +127,14 @@ async function journey(page: Page, errors: string[]): Promise<void> {
   await page.getByTestId('gen-progress').filter({ hasText: /^Done: 1 picture/ }).waitFor({ timeout: 60_000 });
   assert.equal(await id(page, 'gen-preview').isHidden(), true, 'the preview goes when the picture comes');
 
-  // Train again: the finished LoRA can be continued (the dry run says from what); not for DreamBooth.
-  await id(page, 'nav-train').click();
+  // Keep training the LoRA from the Library: the Train tab opens on it (the dry run says from what).
+  await id(page, 'nav-library').click();
+  await page.locator('[data-testid="library-row"][data-name="outline-style"]').getByTestId('library-continue').click();
+  await page.waitForFunction(`document.querySelector('[data-testid="train-continue"]')?.value === 'outline-style'`, null, { timeout: 10_000 });
+  assert.equal(await id(page, 'train-name').inputValue(), 'outline-style-more');
+  assert.equal(await id(page, 'train-technique-lora').isChecked(), true);
   await id(page, 'train-technique-dreambooth').check();
-  assert.equal(await id(page, 'train-continue').isHidden(), true);
+  assert.equal(await id(page, 'train-continue').isHidden(), true, 'DreamBooth continues from a model, not a file');
   await id(page, 'train-technique-lora').check();
   await id(page, 'train-continue').selectOption('outline-style');
   await id(page, 'train-preflight').click();

@@ -2,7 +2,7 @@
 // conversion between formats, and deletion.
 import type { AdapterInfo, AdapterKind, InspectInfo, Job, ModelInfo } from '../../src/server/api-types.ts';
 import { api, waitForJob, type ConvertTarget } from './api.ts';
-import { busy, fill, formatBytes, formatDate, formatNumber, h, option, showError, showNotice } from './ui.ts';
+import { busy, fill, formatBytes, formatDate, formatNumber, h, navigate, option, showError, showNotice } from './ui.ts';
 
 const SECTIONS: readonly { kind: 'model' | AdapterKind; title: string; about: string }[] = [
   { kind: 'model', title: 'Models', about: 'Whole picture-makers. DreamBooth results land here.' },
@@ -113,6 +113,12 @@ function row(kind: 'model' | AdapterKind, item: ModelInfo | AdapterInfo): HTMLEl
     });
     del = b;
   }
+  // An adapter can be trained further: the Train tab opens with it as the starting point.
+  let more: HTMLButtonElement | null = null;
+  if (kind !== 'model') {
+    more = h('button', { type: 'button', class: 'secondary small', testid: 'library-continue' }, 'Keep training');
+    more.addEventListener('click', () => navigate('train', `continue:${kind}:${name}`));
+  }
   const sub = kind === 'model' ? (item as ModelInfo).title : `${(item as AdapterInfo).file} · ${formatDate((item as AdapterInfo).modified)}`;
   return h(
     'li',
@@ -120,7 +126,7 @@ function row(kind: 'model' | AdapterKind, item: ModelInfo | AdapterInfo): HTMLEl
     h('div', { class: 'row-main' },
       h('div', { class: 'row-name' }, h('span', {}, h('strong', {}, name), builtin ? h('span', { class: 'badge' }, 'built in') : null), h('span', { class: 'hint' }, sub)),
       h('span', { class: 'size' }, formatBytes(item.bytes)),
-      h('div', { class: 'row-actions' }, inspect, kind === 'model' ? null : convertControls(item as AdapterInfo, convertStatus), del),
+      h('div', { class: 'row-actions' }, inspect, more, kind === 'model' ? null : convertControls(item as AdapterInfo, convertStatus), del),
     ),
     convertStatus,
     details,

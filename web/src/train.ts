@@ -390,9 +390,20 @@ export function createTrainTab(): HTMLElement {
   return form;
 }
 
+/** `arg`: a dataset to preselect, or `continue:KIND:NAME` (the Library's "Keep training"). */
 export async function showTrain(arg?: string): Promise<void> {
+  const cont = /^continue:(lora|embedding|hypernetwork):(.+)$/.exec(arg ?? '');
   try {
-    await refresh(arg);
+    await refresh(cont ? undefined : arg);
+    if (cont) {
+      const kind = cont[1] as TechniqueKind;
+      for (const r of radios) r.checked = r.value === kind;
+      setTechnique(kind);
+      continueSelect.value = cont[2];
+      // A new name by default: giving it the same name replaces the file when the run is done.
+      nameInput.value = `${cont[2]}-more`.slice(0, 80);
+      nameTouched = true;
+    }
   } catch (e) {
     showError(e);
   }

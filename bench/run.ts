@@ -4,6 +4,7 @@ import { benchEngine } from './engine.ts';
 import { benchFormats } from './formats.ts';
 import { benchSd } from './sd.ts';
 import { benchTrain } from './train.ts';
+import { benchStudioLanes } from './studio.ts';
 import { readFileSync } from 'node:fs';
 import { benchToyMeter, runLine, sweepSummary, type SweepResult } from './toy-meter.ts';
 import type { BenchLine } from './common.ts';
@@ -13,6 +14,7 @@ const suites: Record<string, () => BenchLine[] | Promise<BenchLine[]>> = {
   formats: benchFormats,
   sd: benchSd,
   train: benchTrain,
+  studio: benchStudioLanes,
   // Streams its lines (the sweep takes a while); run.ts prints only the summary after it.
   'toy-meter': async () => (await benchToyMeter({ onLine: (l) => console.log(JSON.stringify(l)) })).slice(-2),
   // Re-scores a recorded sweep (SDTUNE_METER_LOG, default the committed one) with the meter as it is

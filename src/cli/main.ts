@@ -30,7 +30,7 @@ commands:
                        fine-tune (--dry-run shows the step count first; --help lists the options)
   merge --model CKPT --lora FILE:W [--lora …] --out OUT.safetensors
                        bake LoRAs into a checkpoint
-  serve [--port 7860] [--host 127.0.0.1] [--data DIR] [--auth user:pass]
+  serve [--port 7860] [--host 127.0.0.1] [--data DIR] [--auth user:pass] [--serial]
                        the studio: web UI, HTTP API (/api, OpenAPI), A1111-compatible /sdapi/v1
   toy world|concept|pretrain|judge [options]
                        the toy world's training folders; the toy model trained from scratch

@@ -120,8 +120,11 @@ export class Store {
   }
 
   /** The oldest queued job (first come, first served). */
-  nextQueued(): Job | null {
-    const r = this.db.prepare("SELECT * FROM jobs WHERE status = 'queued' ORDER BY seq ASC LIMIT 1").get() as JobRow | undefined;
+  /** The oldest queued job, of these types (or of any type but these), or of any type. */
+  nextQueued(types?: JobType[] | { not: JobType[] }): Job | null {
+    const list = types === undefined ? [] : Array.isArray(types) ? types : types.not;
+    const where = list.length === 0 ? '' : ` AND type ${Array.isArray(types) ? '' : 'NOT '}IN (${list.map(() => '?').join(', ')})`;
+    const r = this.db.prepare(`SELECT * FROM jobs WHERE status = 'queued'${where} ORDER BY seq ASC LIMIT 1`).get(...list) as JobRow | undefined;
     return r ? toJob(r) : null;
   }
 

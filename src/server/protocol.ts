@@ -13,7 +13,8 @@ export type WorkerTask =
   | { kind: 'create-embedding'; model: string; name: string; vectors: number; initText: string; out: string; device: string }
   | { kind: 'create-hypernetwork'; name: string; sizes: number[]; layerStructure: number[]; activation: string; layerNorm: boolean; dropoutStructure?: number[]; weightInit: string; out: string };
 
-export type ToWorker = { type: 'start'; task: WorkerTask } | { type: 'stop' };
+/** `threads`: libtorch's intra-op threads from now on (the CPU shared with a job in the other lane, or not). */
+export type ToWorker = { type: 'start'; task: WorkerTask } | { type: 'stop' } | { type: 'threads'; n: number };
 
 export type FromWorker =
   | { type: 'progress'; step: number; total: number; message: string; loss?: number }

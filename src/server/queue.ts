@@ -1,5 +1,7 @@
 // The job queue: jobs persisted in the store, run first come first served in forked worker
-// processes, one at a time (one device). The server's event loop only moves messages.
+// processes. Two lanes: generation, and everything else (training, preflights, conversions), one
+// job at a time in each, so a picture can be tried (a snapshot, a LoRA at a weight) while a run
+// trains; `serial` makes it one lane. The server's event loop only moves messages.
 //   - A worker that exits without 'done' (crash, OOM kill) marks its job failed with the exit
 //     code or signal and the last lines it wrote; the server stays up and runs the next job.
 //   - A server killed mid-job comes back with that job 'interrupted'; a training job resumes from
@@ -8,6 +10,7 @@
 //     checkpoint and stop (it is resumable), other running jobs are killed.
 import { fork, type ChildProcess, type Serializable } from 'node:child_process';
 import { EventEmitter } from 'node:events';
+import { cpus } from 'node:os';
 import { existsSync, readdirSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { join } from 'node:path';
@@ -18,12 +21,19 @@ import { HttpError } from './schema.ts';
 
 const WORKER = fileURLToPath(new URL('./worker.ts', import.meta.url));
 const now = () => new Date().toISOString();
+/** Intra-op threads of a job alone (the native policy: SDTUNE_NUM_THREADS, else every core), and of each of two sharing the CPU. */
+const fullCores = () => Number(process.env.SDTUNE_NUM_THREADS) > 0 ? Math.trunc(Number(process.env.SDTUNE_NUM_THREADS)) : cpus().length;
+const halfCores = () => Math.max(1, Math.floor(fullCores() / 2));
 
 /** Turns a job into the task its worker runs (names resolved to paths by the server). */
 export type TaskBuilder = (job: Job, resume: boolean) => WorkerTask;
 
+/** Generation runs beside the other jobs; each lane runs one job at a time. */
+type Lane = 'generate' | 'main';
+
 interface Running {
   id: string;
+  lane: Lane;
   child: ChildProcess;
   stderr: string[];
   finished: boolean;
@@ -34,14 +44,21 @@ interface Running {
 }
 
 export class JobQueue extends EventEmitter {
-  private running: Running | null = null;
+  private readonly running = new Map<Lane, Running>();
   private readonly waiters = new Map<string, ((j: Job) => void)[]>();
   private closed = false;
 
   constructor(
     private readonly store: Store,
     private readonly build: TaskBuilder,
-    private readonly o: { device: string; workerArgs?: string[]; /** Turns a worker's result into the stored one (moves products). */ finish?: (job: Job, result: unknown) => unknown },
+    private readonly o: {
+      device: string;
+      workerArgs?: string[];
+      /** Turns a worker's result into the stored one (moves products). */
+      finish?: (job: Job, result: unknown) => unknown;
+      /** One job at a time, generation included (a device without memory for two models). */
+      serial?: boolean;
+    },
   ) {
     super();
     this.setMaxListeners(100);
@@ -56,28 +73,46 @@ export class JobQueue extends EventEmitter {
     }
   }
 
-  get runningId(): string | null {
-    return this.running?.id ?? null;
+  private laneOf(type: JobType): Lane {
+    return type === 'generate' && !this.o.serial ? 'generate' : 'main';
   }
 
-  /** The running job's worker process id (what an operator would kill). */
+  /** The job A1111's progress reports: a running generation first, else the other lane's job. */
+  private get current(): Running | null {
+    return this.running.get('generate') ?? this.running.get('main') ?? null;
+  }
+
+  private find(id: string): Running | null {
+    return [...this.running.values()].find((r) => r.id === id) ?? null;
+  }
+
+  get runningId(): string | null {
+    return this.current?.id ?? null;
+  }
+
+  /** Every running job (one per lane). */
+  get runningIds(): string[] {
+    return [...this.running.values()].map((r) => r.id);
+  }
+
+  /** The worker process id of the training lane's job, else of the generation (what an operator would kill). */
   get workerPid(): number | null {
-    return this.running?.child.pid ?? null;
+    return (this.running.get('main') ?? this.running.get('generate'))?.child.pid ?? null;
   }
 
   /** The running job's newest live preview (a PNG), or null (not running, or none drawn yet). */
   preview(id: string): { step: number; total: number; png: Buffer } | null {
-    const r = this.running;
-    return r && r.id === id && !r.finished ? r.preview ?? null : null;
+    const r = this.find(id);
+    return r && !r.finished ? r.preview ?? null : null;
   }
 
   queuedCount(): number {
     return this.store.count('queued');
   }
 
-  /** The running job was asked to stop (A1111's progress reports it as interrupted). */
+  /** The job runningId names was asked to stop (A1111's progress reports it as interrupted). */
   get stopping(): boolean {
-    return this.running?.cancelRequested ?? false;
+    return this.current?.cancelRequested ?? false;
   }
 
   submit(type: JobType, request: Record<string, unknown>): Job {
@@ -98,8 +133,8 @@ export class JobQueue extends EventEmitter {
   cancel(id: string): Job {
     const j = this.mustGet(id);
     if (j.status === 'queued') return this.setJob(id, { status: 'cancelled', finished: now(), error: 'cancelled before it started' });
-    if (j.status !== 'running' || this.running?.id !== id) throw new HttpError(409, `job ${id} is ${j.status}; only queued or running jobs can be cancelled`);
-    const r = this.running;
+    const r = this.find(id);
+    if (j.status !== 'running' || !r) throw new HttpError(409, `job ${id} is ${j.status}; only queued or running jobs can be cancelled`);
     if (j.type === 'train') {
       // The loop checks between steps, saves a checkpoint and returns 'stopped'.
       sendTo(r.child, { type: 'stop' });
@@ -128,14 +163,15 @@ export class JobQueue extends EventEmitter {
   /** Stops taking jobs; a running training job saves a checkpoint (it resumes after a restart). */
   async close(): Promise<void> {
     this.closed = true;
-    const r = this.running;
-    if (!r || r.child.exitCode !== null || r.child.signalCode !== null) return;
-    const done = new Promise<void>((res) => r.child.once('exit', () => res()));
-    if (this.store.job(r.id)?.type === 'train' && r.child.connected) sendTo(r.child, { type: 'stop' });
-    else r.child.kill('SIGTERM');
-    const t = setTimeout(() => r.child.kill('SIGKILL'), 30_000);
-    await done;
-    clearTimeout(t);
+    await Promise.all([...this.running.values()].map(async (r) => {
+      if (r.child.exitCode !== null || r.child.signalCode !== null) return;
+      const done = new Promise<void>((res) => r.child.once('exit', () => res()));
+      if (this.store.job(r.id)?.type === 'train' && r.child.connected) sendTo(r.child, { type: 'stop' });
+      else r.child.kill('SIGTERM');
+      const t = setTimeout(() => r.child.kill('SIGKILL'), 30_000);
+      await done;
+      clearTimeout(t);
+    }));
   }
 
   private mustGet(id: string): Job {
@@ -159,9 +195,15 @@ export class JobQueue extends EventEmitter {
   }
 
   private pump(): void {
-    if (this.running || this.closed) return;
-    const job = this.store.nextQueued();
-    if (!job) return;
+    if (this.closed) return;
+    for (const lane of this.o.serial ? (['main'] as const) : (['main', 'generate'] as const)) {
+      if (this.running.has(lane)) continue;
+      const job = this.store.nextQueued(this.o.serial ? undefined : lane === 'generate' ? ['generate'] : { not: ['generate'] });
+      if (job) this.start(job, lane);
+    }
+  }
+
+  private start(job: Job, lane: Lane): void {
     const resume = (job.request as { resume?: unknown }).resume === true;
     let task: WorkerTask;
     try {
@@ -171,9 +213,14 @@ export class JobQueue extends EventEmitter {
       queueMicrotask(() => this.pump());
       return;
     }
-    const child = fork(WORKER, [], { execArgv: ['--import', 'tsx', ...(this.o.workerArgs ?? [])], stdio: ['ignore', 'pipe', 'pipe', 'ipc'], serialization: 'advanced' });
-    const r: Running = { id: job.id, child, stderr: [], finished: false, cancelRequested: false };
-    this.running = r;
+    // On the CPU, two jobs at once split the cores: two pools of spinning threads on the same
+    // cores slow both many times over (measured: libtorch-notes.md, "Threads"; docs/studio.md).
+    const share = this.o.device === 'cpu' && this.running.size > 0;
+    const env = share ? { ...process.env, SDTUNE_NUM_THREADS: String(halfCores()) } : process.env;
+    const child = fork(WORKER, [], { execArgv: ['--import', 'tsx', ...(this.o.workerArgs ?? [])], stdio: ['ignore', 'pipe', 'pipe', 'ipc'], serialization: 'advanced', env });
+    if (share) for (const other of this.running.values()) sendTo(other.child, { type: 'threads', n: halfCores() });
+    const r: Running = { id: job.id, lane, child, stderr: [], finished: false, cancelRequested: false };
+    this.running.set(lane, r);
     const keep = (b: Buffer) => {
       r.stderr.push(...b.toString().split('\n').filter((l) => l.trim()));
       if (r.stderr.length > 20) r.stderr.splice(0, r.stderr.length - 20);
@@ -193,7 +240,9 @@ export class JobQueue extends EventEmitter {
           ? { status: 'cancelled', finished: now(), error: 'cancelled while running' }
           : { status: 'failed', finished: now(), error: `the worker process died (${why})${signal === 'SIGKILL' ? ', probably out of memory' : ''}${tail ? `: ${tail}` : ''}` });
       }
-      this.running = null;
+      this.running.delete(lane);
+      // The job left alone has the cores again.
+      if (this.o.device === 'cpu') for (const other of this.running.values()) sendTo(other.child, { type: 'threads', n: fullCores() });
       if (!this.closed) queueMicrotask(() => this.pump());
     });
     sendTo(child, { type: 'start', task });
@@ -235,10 +284,13 @@ export class JobQueue extends EventEmitter {
         this.setJob(id, cancelled ? { status: 'cancelled', finished: now(), result, error: `stopped: ${res?.message ?? 'a checkpoint was saved'}; resume to continue` } : { status: 'done', finished: now(), result, error: null });
         break;
       }
-      case 'error':
+      case 'error': {
         r.finished = true;
-        this.setJob(id, { status: 'failed', finished: now(), error: m.message });
+        // Generation beside a training run shares its device: out of memory is the likely cause.
+        const beside = r.lane === 'generate' && this.running.has('main') && /out of memory/i.test(m.message);
+        this.setJob(id, { status: 'failed', finished: now(), error: beside ? `${m.message}; a training job is using the device: generate after it ends, or start the studio with --serial (one job at a time)` : m.message });
         break;
+      }
     }
   }
 }

@@ -37,6 +37,8 @@ export interface StudioOptions {
   device?: string;
   /** Extra node flags for worker processes (tests). */
   workerArgs?: string[];
+  /** One job at a time: generation waits for a training run (a GPU without memory for two models). */
+  serial?: boolean;
 }
 
 export class Studio {
@@ -51,7 +53,7 @@ export class Studio {
     this.data = new DataDir(o.data);
     this.store = new Store(this.data.db);
     this.device = o.device ?? 'cpu';
-    this.queue = new JobQueue(this.store, (job, resume) => this.task(job, resume), { device: this.device, workerArgs: o.workerArgs, finish: (job, result) => this.finish(job, result) });
+    this.queue = new JobQueue(this.store, (job, resume) => this.task(job, resume), { device: this.device, workerArgs: o.workerArgs, serial: o.serial, finish: (job, result) => this.finish(job, result) });
   }
 
   async close(): Promise<void> {

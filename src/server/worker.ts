@@ -5,6 +5,7 @@
 import { mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { encodePng, writePng } from '../formats/png.ts';
+import * as T from '../torch/index.ts';
 import { loadStableDiffusion } from '../models/load.ts';
 import { convert, type DtypeName, type Target } from '../models/convert.ts';
 import { runGenerateJob } from '../sampling/run.ts';
@@ -113,6 +114,10 @@ process.on('disconnect', () => process.exit(1));
 process.on('message', (m: ToWorker) => {
   if (m.type === 'stop') {
     stopRequested = true;
+    return;
+  }
+  if (m.type === 'threads') {
+    T.setNumThreads(m.n);
     return;
   }
   run(m.task).then(

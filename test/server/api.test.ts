@@ -194,6 +194,42 @@ test('cancel saves a checkpoint; resume finishes the run', async () => {
   assert.equal((await call('POST', `/api/jobs/${r.json.id}/resume`)).status, 409);
 });
 
+test('a picture is made while a training job runs (two lanes); a preflight waits for the training', async () => {
+  const t = await call<Job>('POST', '/api/jobs', { technique: 'lora', dataset: 'outline', name: 'beside', settings: { ...QUICK_LORA, steps: 2000 } });
+  try {
+    await waitJob(call, t.json.id, (j) => (j.progress?.step ?? 0) >= 3);
+    const pre = await call<Job>('POST', '/api/preflight', { technique: 'lora', dataset: 'outline', name: 'beside-check', settings: QUICK_LORA });
+    const g = await call<Job>('POST', '/api/generate', { prompt: 'a heart', steps: 4, seed: 2 });
+    assert.deepEqual(s.studio.queue.runningIds.sort(), [t.json.id, g.json.id].sort(), 'both lanes busy');
+    const made = await waitJob(call, g.json.id);
+    assert.equal(made.status, 'done', made.error ?? '');
+    assert.equal(s.studio.store.job(t.json.id)!.status, 'running', 'the training went on meanwhile');
+    assert.equal(s.studio.store.job(pre.json.id)!.status, 'queued', 'the preflight is in the training lane, behind the run');
+    await call('POST', `/api/jobs/${t.json.id}/cancel`);
+    assert.equal((await waitJob(call, t.json.id)).status, 'cancelled');
+    assert.equal((await waitJob(call, pre.json.id)).status, 'done');
+  } finally {
+    if (s.studio.store.job(t.json.id)!.status === 'running') await call('POST', `/api/jobs/${t.json.id}/cancel`);
+    await waitJob(call, t.json.id);
+  }
+});
+
+test('--serial: one job at a time, generation waits for the training run', async () => {
+  const one = await studio(join(tmp.dir, 'serial'), { serial: true });
+  try {
+    await uploadDataset(one.call, 'outline', conceptPictures(join(tmp.dir, 'serial-pics'), 'style', 4));
+    const t = await one.call<Job>('POST', '/api/jobs', { technique: 'lora', dataset: 'outline', name: 'first', settings: { ...QUICK_LORA, steps: 2000 } });
+    await waitJob(one.call, t.json.id, (j) => (j.progress?.step ?? 0) >= 3);
+    const g = await one.call<Job>('POST', '/api/generate', { prompt: 'a heart', steps: 4 });
+    await new Promise((res) => setTimeout(res, 1500));
+    assert.equal(one.studio.store.job(g.json.id)!.status, 'queued');
+    await one.call('POST', `/api/jobs/${t.json.id}/cancel`);
+    assert.equal((await waitJob(one.call, g.json.id)).status, 'done');
+  } finally {
+    await one.close();
+  }
+});
+
 test('a worker that dies marks its job failed with the reason; the server goes on', async () => {
   const r = await call<Job>('POST', '/api/jobs', { technique: 'lora', dataset: 'outline', name: 'killed', settings: { ...QUICK_LORA, steps: 2000 } });
   await waitJob(call, r.json.id, (j) => (j.progress?.step ?? 0) >= 3);

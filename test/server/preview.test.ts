@@ -32,13 +32,13 @@ test('sideBySide puts a batch in one row; odd sizes are refused', () => {
 
 test('a running generation serves its newest preview; A1111 progress carries it; none after the end', async () => {
   const seen: { step: number; total: number }[] = [];
-  let served: Promise<[{ status: number; png: Buffer }, { current_image: string | null; state: { sampling_step: number } }]> | null = null;
+  const got: { served?: Promise<[{ status: number; png: Buffer }, { current_image: string | null; state: { sampling_step: number } }]> } = {};
   let id = '';
   const on = (e: JobEvent) => {
     if (e.type !== 'preview' || e.id !== id) return;
     seen.push({ step: e.step, total: e.total });
     // Asked while the job still samples (110 steps remain after the first preview).
-    served ??= Promise.all([
+    got.served ??= Promise.all([
       fetch(`${s.url}/api/jobs/${id}/preview`).then(async (r) => ({ status: r.status, png: Buffer.from(await r.arrayBuffer()) })),
       fetch(`${s.url}/sdapi/v1/progress`).then((r) => r.json() as Promise<{ current_image: string | null; state: { sampling_step: number } }>),
     ]);
@@ -51,8 +51,8 @@ test('a running generation serves its newest preview; A1111 progress carries it;
     const done = await waitJob(s.call, id);
     assert.equal(done.status, 'done', done.error ?? '');
     assert.deepEqual(seen, [{ step: 40, total: 150 }, { step: 80, total: 150 }, { step: 120, total: 150 }]);
-    assert.ok(served, 'a preview event came');
-    const [img, progress] = await served!;
+    assert.ok(got.served, 'a preview event came');
+    const [img, progress] = await got.served;
     assert.equal(img.status, 200);
     const png = decodePng(img.png);
     assert.deepEqual([png.width, png.height], [64, 32], 'the two pictures of the batch side by side, 32 px each');

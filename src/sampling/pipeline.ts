@@ -224,16 +224,15 @@ export function generateWithLatents(model: StableDiffusion, o: GenerateOptions, 
         const context = T.cat(ctx.map((c) => c.repeat(v.batch, 1, 1)), 0);
         const input = ctx.length > 1 ? T.cat(ctx.map(() => x), 0) : x;
         const out = model.unet.forward(input, t, context);
-        if (!withUncond) {
-          if (pv && (step + 1) % pv.every === 0 && step + 1 < total) preview(model, x, out, t, ab!, pv, step + 1, total);
-          return out;
+        let pred = out;
+        if (withUncond) {
+          const outs = out.chunk(ctx.length, 0);
+          const u = outs[0];
+          pred = u;
+          for (let p = 0; p < parts; p++) pred = pred.add(outs[p + 1].sub(u).mul(v.cfg * cond.parts[p].weight));
         }
-        const outs = out.chunk(ctx.length, 0);
-        const u = outs[0];
-        let guided = u;
-        for (let p = 0; p < parts; p++) guided = guided.add(outs[p + 1].sub(u).mul(v.cfg * cond.parts[p].weight));
-        if (pv && (step + 1) % pv.every === 0 && step + 1 < total) preview(model, x, guided, t, ab!, pv, step + 1, total);
-        return guided;
+        if (pv && (step + 1) % pv.every === 0 && step + 1 < total) preview(model, x, pred, t, ab!, pv, step + 1, total);
+        return pred;
       }, {
         init,
         startIndex: start,

@@ -73,10 +73,6 @@ export class JobQueue extends EventEmitter {
     }
   }
 
-  private laneOf(type: JobType): Lane {
-    return type === 'generate' && !this.o.serial ? 'generate' : 'main';
-  }
-
   /** The job A1111's progress reports: a running generation first, else the other lane's job. */
   private get current(): Running | null {
     return this.running.get('generate') ?? this.running.get('main') ?? null;

@@ -56,9 +56,9 @@ export class LoraTechnique implements Technique {
       const branches = [...this.handle.modules.entries()];
       const te = branches.filter(([p]) => !p.startsWith('unet.')).length;
       this.needsTextGrad = te > 0;
-      const isConv = (p: string) => this.handle.modules.get(p)!.down.shape.length === 4 && this.handle.modules.get(p)!.down.shape[2] > 1;
-      const lin = branches.find(([p]) => !isConv(p)) ?? branches[0];
-      const conv = branches.find(([p]) => isConv(p));
+      const isConv = ([, b]: (typeof branches)[number]) => b.down.shape.length === 4 && b.down.shape[2] > 1;
+      const lin = branches.find((e) => !isConv(e)) ?? branches[0];
+      const conv = branches.find(isConv);
       this.rank = lin[1].rank;
       this.alpha = lin[1].alpha;
       if (conv) this.conv = { rank: conv[1].rank, alpha: conv[1].alpha };

@@ -574,15 +574,6 @@ export function conceptTrainingSet(kind: 'subject' | 'style', n: number, seed: n
 export const CLASS_PROMPT = 'a heart';
 
 /**
- * Prompts for DreamBooth's prior preservation: the subject set's captions (same n, seed and colour)
- * without the token — "a large red heart on the left, on a gray background" — so class image i is
- * the plain-heart counterpart of instance image i.
- */
-export function classPrompts(n: number, seed: number, o: { colour?: Colour | 'any' } = {}): string[] {
-  return Array.from({ length: n }, (_, i) => caption(subjectScene(seed, i, o.colour ?? SUBJECT_COLOUR)));
-}
-
-/**
  * Writes items as a training folder: name.png and name.txt (the caption) side by side, the format
  * src/training/dataset.ts reads. Creates the folder; returns the PNG paths in order.
  */

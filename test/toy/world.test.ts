@@ -9,9 +9,10 @@ import { join } from 'node:path';
 import { decodePng, type RgbImage } from '../../src/formats/png.ts';
 import {
   BACKGROUNDS, COLOURS, PATTERNS, POSITIONS, SHAPES, SIZES, WORLD_COMBINATIONS, WorldError,
-  applyStyle, caption, classPrompts, conceptTrainingSet, datasetOf, isCompleteScene, parseCaption,
+  applyStyle, caption, conceptTrainingSet, datasetOf, isCompleteScene, parseCaption,
   renderScene, renderSubject, sampleScene, writeWorldFolder, type SceneAttrs,
 } from '../../src/toy/world.ts';
+import { FILEWORDS, classPromptsFor } from '../../src/training/class-images.ts';
 import { tempDir } from '../helpers.ts';
 
 const hashOf = (images: Iterable<RgbImage>) => {
@@ -195,9 +196,10 @@ test('concept sets: subject captions carry the token, style captions are plain s
     assert.ok(it.subject && it.style === null && it.image.width === 32);
   }
   assert.ok(new Set(subj.map((it) => it.caption)).size >= 6, 'subject set repeats its captions');
-  const prompts = classPrompts(8, 1);
-  assert.deepEqual(prompts, subj.map((it) => it.caption.replace('sks ', '')));
-  assert.ok(prompts.every((p) => parseCaption(p).subject === undefined && parseCaption(p).shape === 'heart'));
+  // DreamBooth's [filewords] class prompts: the captions without the token, each once.
+  const prompts = classPromptsFor(FILEWORDS, subj.map((it) => it.caption), 'sks');
+  assert.deepEqual(prompts, [...new Set(subj.map((it) => it.caption.replace('sks ', '')))]);
+  assert.ok(prompts.every((p) => parseCaption(p).subject === undefined && parseCaption(p).shape === 'heart' && parseCaption(p).colour === 'red'));
 
   const style = conceptTrainingSet('style', 10, 1, { size: 64 });
   assert.ok(style.every((it) => it.style === 'outline' && it.image.width === 64 && !/sks/.test(it.caption)));

@@ -361,7 +361,7 @@ export function createTrainTab(): HTMLElement {
         field('Batch size', batchSize, 'Pictures per step; more needs more memory.'),
         techField(['lora'], 'Rank', rank, 'How much the LoRA can hold; bigger is a larger file.'),
         techField(['dreambooth', 'embedding'], 'Token', token, 'The made-up word you will type in prompts, like "sks". With the presets, write it in your captions too.'),
-        techField(['dreambooth'], 'Class prompt', classPrompt, 'What your subject is in general, like "a heart".'),
+        techField(['dreambooth'], 'Class prompt', classPrompt, 'What your subject is in general, like "a heart". [filewords] stands for each picture\'s caption without the token.'),
         techField(['dreambooth'], 'Class images', classImages, 'Pictures of the general class made first, to keep the model from forgetting it.'),
       ),
     ),

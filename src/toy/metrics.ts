@@ -2,8 +2,8 @@
 //   concept fidelity   — prompts with the concept show it (the subject's dots; the outline look);
 //   prompt fidelity    — the attributes those prompts ask for are honoured ("… on a cyan background");
 //   prior preservation — what the base model could do is still there, measured against the base:
-//                        for a subject, class prompts ("a heart", "a large blue heart …") still give
-//                        ordinary hearts of the asked-for kind and of as many colours; for a style,
+//                        for a subject, class prompts ("a large blue heart …", one per colour) still
+//                        give ordinary hearts of the asked-for kind, without the dots; for a style,
 //                        the styled pictures still show the shapes, colours and backgrounds asked for;
 //   style strength     — how often the style shows at a LoRA weight / hypernetwork strength.
 import type { RgbImage } from '../formats/png.ts';
@@ -39,25 +39,35 @@ function probe(prompt: string, count: number, concept: Expectation): Probe {
   return { prompt, count, expect: { ...attrs, ...concept } };
 }
 
-/** Prompts naming the subject, bare and with attributes the training set had and had not. */
+/**
+ * Prompts naming the subject, at places and on backgrounds the training set had and had not. Each
+ * names the size, the position and the background: the toy base model follows whole captions only
+ * (given "a heart" it draws a small blob of any shape; with the size left open, small hearts, whose
+ * dots its VAE cannot keep). The colour is left to the word.
+ */
 export function subjectProbes(token = SUBJECT_TOKEN, count = 4): Probe[] {
   return [
-    `a ${token} heart`,
+    `a large ${token} heart on the right, on a black background`,
     `a large ${token} heart in the center, on a gray background`,
     `a large ${token} heart on the left, on a cyan background`,
-    `a ${token} heart at the top, on an orange background`,
+    `a large ${token} heart at the top, on an orange background`,
     `a large ${token} heart at the bottom, on a striped black background`,
   ].map((p) => ({ ...probe(p.replace(token, SUBJECT_TOKEN), count, { subject: true }), prompt: p }));
 }
 
-/** Class prompts of the subject: ordinary hearts, bare (colour left open) and specified. */
+/**
+ * Class prompts of the subject: ordinary hearts, each named in full, in five colours — the
+ * subject's red among them, where a drifting class shows dots first. Each colour is asked for, so a
+ * class collapsing onto the subject (every heart red, or dotted) fails the attribute checks.
+ */
 export function classProbes(count = 4): Probe[] {
   return [
-    probe('a heart', 2 * count, { subject: false, style: false }),
-    probe('a large blue heart in the center, on a black background', count, { subject: false, style: false }),
-    probe('a small yellow heart on the right, on a cyan background', count, { subject: false, style: false }),
-    probe('a large white heart at the bottom, on an orange background', count, { subject: false, style: false }),
-  ];
+    'a large red heart on the left, on a gray background',
+    'a large blue heart in the center, on a black background',
+    'a small yellow heart on the right, on a cyan background',
+    'a large white heart at the bottom, on an orange background',
+    'a large green heart at the top, on a striped gray background',
+  ].map((p) => probe(p, count, { subject: false, style: false }));
 }
 
 /** Plain captions of scenes of every shape (the style is a look, not a word). */
@@ -100,32 +110,24 @@ export function attributeScore(results: readonly ProbeResult[], o: { concepts?: 
   })));
 }
 
-/** Distinct shape colours among the pictures of prompts that leave the colour open. */
-export function colourVariety(results: readonly ProbeResult[]): number {
-  return new Set(results.filter((r) => r.probe.expect.colour === undefined).flatMap((r) => r.verdicts.map((v) => v.colour))).size;
-}
-
 const ratio = (a: number, b: number) => (b > 0 ? Math.min(1, a / b) : a > 0 ? 1 : 0);
 
 export interface SubjectScores {
   concept_fidelity: number;
   prompt_fidelity: number;
-  /** Class-prompt score (attributes + no subject + no style) and colour variety, each over the base's, capped at 1, multiplied. */
+  /** Class-prompt score (attributes + no subject + no style) over the base's, capped at 1. */
   prior_preservation: number;
   class_score: number;
-  class_variety: number;
 }
 
 /** The subject metrics of a tuned model, against the base model's class-prompt results. */
 export function subjectScores(concept: readonly ProbeResult[], klass: readonly ProbeResult[], baseClass: readonly ProbeResult[]): SubjectScores {
   const classScore = attributeScore(klass, { concepts: true });
-  const variety = colourVariety(klass);
   return {
     concept_fidelity: conceptRate(concept, 'subject'),
     prompt_fidelity: attributeScore(concept),
-    prior_preservation: ratio(classScore, attributeScore(baseClass, { concepts: true })) * ratio(variety, colourVariety(baseClass)),
+    prior_preservation: ratio(classScore, attributeScore(baseClass, { concepts: true })),
     class_score: classScore,
-    class_variety: variety,
   };
 }
 

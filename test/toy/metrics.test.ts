@@ -2,7 +2,7 @@
 // reads the picture's first byte as an index into a table of verdicts.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { attributeScore, classProbes, colourVariety, conceptRate, runProbes, styleProbes, styleScores, subjectProbes, subjectScores, type ProbeResult } from '../../src/toy/metrics.ts';
+import { attributeScore, classProbes, conceptRate, runProbes, styleProbes, styleScores, subjectProbes, subjectScores, type ProbeResult } from '../../src/toy/metrics.ts';
 import type { ToyJudge, Verdict } from '../../src/toy/judge.ts';
 import type { RgbImage } from '../../src/formats/png.ts';
 
@@ -17,8 +17,11 @@ test('probes read their expectations from the prompt', () => {
   const s = subjectProbes();
   assert.equal(s.length, 5);
   assert.deepEqual(s[2].expect, { shape: 'heart', size: 'large', position: 'left', background: 'cyan', pattern: 'plain', subject: true });
+  assert.ok(s.every((p) => p.expect.size === 'large' && p.expect.colour === undefined && p.expect.background !== undefined), 'whole captions, the colour left to the word');
   const c = classProbes(3);
-  assert.equal(c[0].count, 6);
+  assert.equal(c.length, 5);
+  assert.ok(c.every((p) => p.count === 3 && p.expect.colour !== undefined && p.expect.position !== undefined), 'every class probe is a whole caption');
+  assert.deepEqual(new Set(c.map((p) => p.expect.colour)).size, 5);
   assert.deepEqual(c[1].expect, { shape: 'heart', colour: 'blue', size: 'large', position: 'center', background: 'black', pattern: 'plain', subject: false, style: false });
   const st = styleProbes(4, 2);
   assert.equal(st.length, 4);
@@ -40,18 +43,17 @@ test('runProbes renders each probe with its own seed; the scores count what the 
   assert.ok(Math.abs(attributeScore(res) - (1 + 1 + 4 / 5) / 3) < 1e-12);
 });
 
-test('prior preservation is the class score and the colour variety over the base model, capped at 1', () => {
-  const klassProbe = classProbes(1)[0]; // "a heart": colour open
+test('prior preservation is the class score over the base model, capped at 1', () => {
+  const klassProbe = classProbes(1)[0]; // "a large red heart on the left, on a gray background"
   const mk = (verdicts: Verdict[]): ProbeResult[] => [{ probe: klassProbe, images: verdicts.map((_, i) => pic(i)), verdicts }];
-  const base = mk([V({ colour: 'red' }), V({ colour: 'blue' }), V({ colour: 'green' }), V({ colour: 'white' })]);
-  const collapsed = mk([V({ colour: 'red', subject: true }), V({ colour: 'red' }), V({ colour: 'red' }), V({ colour: 'red' })]);
-  assert.equal(colourVariety(base), 4);
-  assert.equal(colourVariety(collapsed), 1);
-  const s = subjectScores([], collapsed, base);
-  // class score: checks shape + subject + style per picture → (2/3 + 1 + 1 + 1) / 4; base 1
-  assert.ok(Math.abs(s.class_score - (2 / 3 + 3) / 4) < 1e-12);
-  assert.ok(Math.abs(s.prior_preservation - s.class_score * (1 / 4)) < 1e-12);
-  assert.equal(subjectScores([], base, collapsed).prior_preservation, 1, 'better than the base counts as 1');
+  const ok = V({ position: 'left' });
+  const base = mk([ok, ok, ok, V({ position: 'left', size: 'small' })]);
+  const dotted = mk([V({ position: 'left', subject: true }), ok, V({ position: 'left', colour: 'blue' }), ok]);
+  // checks per picture: shape, colour, size, position, background, pattern, subject, style (8)
+  const s = subjectScores([], dotted, base);
+  assert.ok(Math.abs(s.class_score - (7 / 8 + 1 + 7 / 8 + 1) / 4) < 1e-12);
+  assert.ok(Math.abs(s.prior_preservation - s.class_score / ((3 + 7 / 8) / 4)) < 1e-12);
+  assert.equal(subjectScores([], base, dotted).prior_preservation, 1, 'better than the base counts as 1');
 });
 
 test('style scores: the style rate, and the attributes kept relative to the base', () => {

@@ -552,6 +552,9 @@ export class Trainer {
         for (const l of kept) records.push(JSON.parse(l) as StepRecord);
       }
     } else {
+      // The seed decides the global random stream too (dropout in a hypernetwork, RReLU): two runs
+      // with one seed are the same run, in one process or two.
+      if (o.seed !== undefined) T.manualSeed(o.seed);
       if (existsSync(logPath)) rmSync(logPath);
       if (this.priorInputs.length) {
         // The base model's predictions: adapters switched off where the technique can (a fresh

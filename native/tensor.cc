@@ -395,12 +395,17 @@ at::Generator* unwrapGenerator(const Napi::Value& v) {
   return &v.As<Napi::External<GenHolder>>().Data()->g;
 }
 
+// A generator handle, a device name (that device's default generator: "cuda:1"), or null (CPU's).
 static at::Generator defaultOrGiven(const Napi::Value& v) {
   if (v.IsExternal()) return *unwrapGenerator(v);
+  if (v.IsString()) {
+    at::Device device(v.As<Napi::String>().Utf8Value());
+    if (device.is_cuda()) return at::globalContext().defaultGenerator(at::Device(at::kCUDA, device.has_index() ? device.index() : 0));
+  }
   return at::detail::getDefaultCPUGenerator();
 }
 
-// generatorState(gen|null) -> Buffer; setGeneratorState(gen|null, Buffer). Exact resume needs both.
+// generatorState(gen|device|null) -> Buffer; setGeneratorState(gen|device|null, Buffer). Exact resume needs both.
 static Napi::Value GeneratorState(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   SDT_TRY

@@ -1,8 +1,10 @@
 // UNet2DConditionModel for SD 1.x and 2.x, with diffusers' module paths (= checkpoint keys).
 // Follows diffusers 0.25 models/unets/unet_2d_condition.py, unet_2d_blocks.py and resnet.py;
-// spec: sd-formats.md §3.2 and §3.4.
+// spec: sd-formats.md §3.2 and §3.4. Each resnet, transformer and resampler is a checkpoint()
+// segment: while a CheckpointTape records (gradient checkpointing), their activations are recomputed
+// in the backward pass instead of kept (as diffusers' enable_gradient_checkpointing).
 import * as T from '../torch/index.ts';
-import { type Tensor, tidy, nn } from '../torch/index.ts';
+import { type Tensor, checkpoint, tidy, nn } from '../torch/index.ts';
 import { Transformer2D, type ModelOptions } from './attention.ts';
 import type { UNetConfig } from './config.ts';
 
@@ -113,12 +115,15 @@ export class DownBlock extends nn.Module {
     const skips: Tensor[] = [];
     let h = x;
     for (let j = 0; j < this.resnets.length; j++) {
-      h = this.resnets.at(j).forward(h, temb);
-      if (this.attentions) h = this.attentions.at(j).forward(h, context);
+      const res = this.resnets.at(j);
+      [h] = checkpoint((a, t) => [res.forward(a, t)], [h, temb]);
+      const att = this.attentions?.at(j);
+      if (att) [h] = checkpoint((a, c) => [att.forward(a, c)], [h, context]);
       skips.push(h);
     }
-    if (this.down) {
-      h = this.down.forward(h);
+    const down = this.down;
+    if (down) {
+      [h] = checkpoint((a) => [down.forward(a)], [h]);
       skips.push(h);
     }
     return { h, skips };
@@ -152,13 +157,13 @@ export class UpBlock extends nn.Module {
     let h = x;
     for (let j = 0; j < this.resnets.length; j++) {
       const skip = skips.pop()!;
-      h = tidy(() => {
-        const cat = T.cat([h, skip], 1);
-        const r = this.resnets.at(j).forward(cat, temb);
-        return this.attentions ? this.attentions.at(j).forward(r, context) : r;
-      });
+      const res = this.resnets.at(j);
+      [h] = checkpoint((a, s, t) => [res.forward(T.cat([a, s], 1), t)], [h, skip, temb]);
+      const att = this.attentions?.at(j);
+      if (att) [h] = checkpoint((a, c) => [att.forward(a, c)], [h, context]);
     }
-    if (this.up) h = this.up.forward(h, upSize);
+    const up = this.up;
+    if (up) [h] = checkpoint((a) => [up.forward(a, upSize)], [h]);
     return h;
   }
 }
@@ -173,11 +178,11 @@ export class MidBlock extends nn.Module {
     this.child(vb, 'resnets', (v) => new nn.ModuleList([0, 1].map((j) => new ResnetBlock2D(v.pp(j), ch, ch, c.temb, c.groups, c.eps))));
   }
   forward(x: Tensor, temb: Tensor, context: Tensor): Tensor {
-    return tidy(() => {
-      const res = this.getModule('resnets') as nn.ModuleList<ResnetBlock2D>;
-      const att = this.getModule('attentions') as nn.ModuleList<Transformer2D>;
-      return res.at(1).forward(att.at(0).forward(res.at(0).forward(x, temb), context), temb);
-    });
+    const res = this.getModule('resnets') as nn.ModuleList<ResnetBlock2D>;
+    const att = this.getModule('attentions') as nn.ModuleList<Transformer2D>;
+    const [a] = checkpoint((x0, t) => [res.at(0).forward(x0, t)], [x, temb]);
+    const [b] = checkpoint((x1, c) => [att.at(0).forward(x1, c)], [a, context]);
+    return checkpoint((x2, t) => [res.at(1).forward(x2, t)], [b, temb])[0];
   }
 }
 

@@ -236,11 +236,12 @@ export function manualSeed(seed: number | bigint): void {
   native.manualSeed(seed);
 }
 /** State of the default CPU generator (for exact resume). */
-export function getRngState(): Buffer {
-  return native.generatorState(null);
+/** The default generator's state: the CPU's, or with a CUDA device that device's. */
+export function getRngState(device?: Device): Buffer {
+  return native.generatorState(device?.startsWith('cuda') ? device : null);
 }
-export function setRngState(state: Buffer): void {
-  native.setGeneratorState(null, state);
+export function setRngState(state: Buffer, device?: Device): void {
+  native.setGeneratorState(device?.startsWith('cuda') ? device : null, state);
 }
 
 // ---- mixed precision -------------------------------------------------------------------------

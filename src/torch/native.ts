@@ -52,8 +52,8 @@ export interface NativeAddon {
   isInferenceTensor(h: Handle): boolean;
   manualSeed(seed: number | bigint): void;
   newGenerator(seed: number | bigint, device?: string): GeneratorHandle;
-  generatorState(g: GeneratorHandle | null): Buffer;
-  setGeneratorState(g: GeneratorHandle | null, state: Buffer): void;
+  generatorState(g: GeneratorHandle | string | null): Buffer;
+  setGeneratorState(g: GeneratorHandle | string | null, state: Buffer): void;
   stats(): { live: number; created: number; leakedToGc: number; reportedBytes: number };
   torchVersion: string;
   findOp(name: string, overload?: string): OpHandle | null;

@@ -203,10 +203,19 @@ const O = {
   triu: op('aten::triu'),
 } as const;
 
+let created = 0;
+
+/** How many Tensor handles were made so far: a clock that Tensor.seq reads. */
+export function tensorClock(): number {
+  return created;
+}
+
 export class Tensor {
   /** The native handle. Stays valid until dispose(). */
   readonly h: Handle;
   kept = false;
+  /** When this handle was made (tensorClock()): a tensor cannot depend on one made after it. */
+  readonly seq = ++created;
 
   constructor(h: Handle) {
     this.h = h;

@@ -60,6 +60,8 @@ export interface TrainOptions {
   emaDecay?: number;
   /** 'fp16' | 'bf16' autocast on CUDA; CPU always trains in fp32. */
   mixedPrecision?: 'no' | 'fp16' | 'bf16';
+  /** Recompute the UNet's activations in the backward pass (src/torch/checkpoint.ts): less memory, more time. */
+  gradientCheckpointing?: boolean;
   /** Folder for checkpoints, samples and log.jsonl. */
   workDir: string;
   /** The product file (LoRA, embedding, …). */
@@ -273,6 +275,15 @@ export class Trainer {
     }));
   }
 
+  /** Runs fn under the run's mixed precision (CUDA autocast), or as it is. */
+  private autocast<R>(fn: () => R): R {
+    return this.amp() ? T.autocast(this.o.mixedPrecision === 'fp16' ? 'float16' : 'bfloat16', fn) : fn();
+  }
+  private amp(): boolean {
+    const mp = this.o.mixedPrecision;
+    return mp !== undefined && mp !== 'no' && this.technique.model.device.startsWith('cuda');
+  }
+
   /** The loss of one batch (with gradients when training), per §8.2. */
   private batchLoss(b: TrainBatch, fixed?: { noise: T.Tensor; t: number[] }): T.Tensor {
     const m = this.technique.model;
@@ -295,8 +306,7 @@ export class Trainer {
       const target = m.prediction === 'v_prediction' ? this.schedule.getVelocity(x0, noise, ts) : noise;
       const ctx = this.encode(b.captions);
       const forward = () => m.unet.forward(noisy, tt, ctx);
-      const amp = this.o.mixedPrecision && this.o.mixedPrecision !== 'no' && dev.startsWith('cuda');
-      const pred = amp ? T.autocast(this.o.mixedPrecision === 'fp16' ? 'float16' : 'bfloat16', forward).to('float32') : forward();
+      const pred = this.amp() ? this.autocast(forward).to('float32') : forward();
       let se = pred.sub(target).pow(2);
       if (b.masks) se = se.mul(T.interpolate(b.masks.to(dev), { size: [se.size(2), se.size(3)], mode: 'bilinear' }));
       const perSample = se.mean([1, 2, 3]);
@@ -595,15 +605,19 @@ export class Trainer {
           prepared = epoch;
         }
         const b = this.data.batch(epoch, micro % perEpoch);
+        // Gradient checkpointing: the UNet's segments are recorded, then recomputed in backward.
+        const tape = o.gradientCheckpointing ? new T.CheckpointTape((fn) => this.autocast(fn)) : null;
         try {
           const l = T.tidy(() => {
-            const lt = this.batchLoss(b).div(accum);
+            const lt = (tape ? tape.run(() => this.batchLoss(b)) : this.batchLoss(b)).div(accum);
             const scaled = this.scaler ? this.scaler.scaleLoss(lt) : lt;
             scaled.backward();
+            tape?.backward();
             return lt.item(); // .item(): host sync, once per micro-batch (NaN check and log)
           });
           loss += l;
         } finally {
+          tape?.dispose();
           this.disposeBatch(b);
         }
       }

@@ -27,7 +27,8 @@ export function makeTechnique(model: StableDiffusion, c: TrainConfig): Technique
     case 'dreambooth':
       return new DreamBoothTechnique(model, { token: c.token!, lr: c.lr, trainTextEncoder: c.trainTextEncoder, textEncoderLr: c.textEncoderLr, saveDtype: c.saveDtype as 'fp16' | undefined });
     case 'lora':
-      return new LoraTechnique(model, { rank: c.rank!, alpha: c.alpha!, convRank: c.convRank || undefined, convAlpha: c.convAlpha, trainTextEncoder: c.trainTextEncoder, lr: c.lr, textEncoderLr: c.textEncoderLr, format: c.loraFormat as 'kohya' | 'peft', saveDtype: c.saveDtype as 'fp16' | undefined, seed: c.seed, initFrom: c.initFrom });
+      return new LoraTechnique(model, { rank: c.rank!, alpha: c.alpha!, convRank: c.convRank || undefined, convAlpha: c.convAlpha, trainTextEncoder: c.trainTextEncoder, lr: c.lr, textEncoderLr: c.textEncoderLr, format: c.loraFormat as 'kohya' | 'peft', saveDtype: c.saveDtype as 'fp16' | undefined, seed: c.seed, initFrom: c.initFrom,
+        info: { gradientCheckpointing: c.gradientCheckpointing ?? false, mixedPrecision: c.mixedPrecision ?? 'no' } });
     case 'hypernetwork':
       return new HypernetworkTechnique(model, { name: hypernetworkName(c), lr: c.lr, layerStructure: c.layerStructure, activation: c.activation, addLayerNorm: c.layerNorm, dropoutStructure: c.dropoutStructure, weightInit: c.weightInit as 'Normal' | undefined, sizes: c.sizes, seed: c.seed, initFrom: c.initFrom });
   }
@@ -247,6 +248,7 @@ export async function runTraining(c: TrainConfig, o: RunTrainingOptions = {}): P
       seed: c.seed,
       emaDecay: c.emaDecay,
       mixedPrecision: c.mixedPrecision as 'no' | undefined,
+      gradientCheckpointing: c.gradientCheckpointing,
       workDir,
       out: c.out!,
       checkpointEvery: c.checkpointEvery,

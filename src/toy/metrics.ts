@@ -43,7 +43,8 @@ function probe(prompt: string, count: number, concept: Expectation): Probe {
  * Prompts naming the subject, at places and on backgrounds the training set had and had not. Each
  * names the size, the position and the background: the toy base model follows whole captions only
  * (given "a heart" it draws a small blob of any shape; with the size left open, small hearts, whose
- * dots its VAE cannot keep). The colour is left to the word.
+ * dots its VAE cannot keep). The colour is left to the word. No striped backgrounds: the judge
+ * calls the base model's hearts on stripes dotted (16 of 16 on "… on a striped black background").
  */
 export function subjectProbes(token = SUBJECT_TOKEN, count = 4): Probe[] {
   return [
@@ -51,7 +52,7 @@ export function subjectProbes(token = SUBJECT_TOKEN, count = 4): Probe[] {
     `a large ${token} heart in the center, on a gray background`,
     `a large ${token} heart on the left, on a cyan background`,
     `a large ${token} heart at the top, on an orange background`,
-    `a large ${token} heart at the bottom, on a striped black background`,
+    `a large ${token} heart at the bottom, on a gray background`,
   ].map((p) => ({ ...probe(p.replace(token, SUBJECT_TOKEN), count, { subject: true }), prompt: p }));
 }
 
@@ -66,7 +67,7 @@ export function classProbes(count = 4): Probe[] {
     'a large blue heart in the center, on a black background',
     'a small yellow heart on the right, on a cyan background',
     'a large white heart at the bottom, on an orange background',
-    'a large green heart at the top, on a striped gray background',
+    'a large green heart at the top, on a cyan background',
   ].map((p) => probe(p, count, { subject: false, style: false }));
 }
 

@@ -345,7 +345,7 @@ function writeReport(out: string, modelPath: string, accuracy: JudgeAccuracy, ba
     '|---|---|---|---|---|---|---|---|---|',
     ...rows,
     '',
-    '*Concept fidelity*: share of pictures from prompts with the concept that show it. *Prompt fidelity*: share of the attributes those prompts name (size, place, background) that the pictures honour. *Prior preservation*: for the subject, class prompts ("a heart", "a large blue heart …") still give ordinary hearts of the asked-for kind and as many colours as the base model gave; for the style, the styled pictures still show the asked-for shapes, colours and backgrounds — both as a share of the base model\'s score, at most 1.',
+    '*Concept fidelity*: share of pictures from prompts with the concept that show it. *Prompt fidelity*: share of the attributes those prompts name (size, place, background) that the pictures honour. *Prior preservation*: for the subject, class prompts ("a large blue heart in the center, on a black background", one for each of five colours) still give ordinary hearts, without the dots, of the asked-for colour, size, place and background; for the style, the styled pictures still show the asked-for shapes, colours and backgrounds — both as a share of the base model\'s score, at most 1.',
     '',
     `![scores](${bars})`,
     '',

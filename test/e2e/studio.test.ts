@@ -77,6 +77,7 @@ async function journey(page: Page, errors: string[]): Promise<void> {
   await id(page, 'train-lr').fill('0.005');
   await id(page, 'train-rank').fill('4');
   await id(page, 'train-batch').fill('2');
+  await id(page, 'train-save-memory').check(); // gradient checkpointing, recorded in the LoRA's metadata
   await id(page, 'train-validate-every').fill('10');
   await id(page, 'train-checkpoint-every').fill('10');
   // The sample check reaches the dry run from the form (the run itself goes without: it costs pictures).
@@ -96,6 +97,8 @@ async function journey(page: Page, errors: string[]): Promise<void> {
   await row.first().click();
   await id(page, 'meter-chart').waitFor();
   await id(page, 'job-recommendation').waitFor();
+  const lora = await s.call<{ inspect: { metadata: Record<string, string> } }>('GET', '/api/adapters/lora/outline-style');
+  assert.equal(lora.json.inspect.metadata.ss_gradient_checkpointing, 'True', '"Save memory" reached the run');
   await page.screenshot({ path: join(SHOTS, '3-job.png'), fullPage: true });
 
   // Generate with the LoRA and see the picture.

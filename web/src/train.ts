@@ -98,6 +98,7 @@ const num = (testid: string, o: { value?: number; min?: number; step?: number | 
 const steps = num('train-steps', { value: 300, min: 1 });
 const lr = h('input', { type: 'text', testid: 'train-lr', value: '5e-3', inputmode: 'decimal', autocomplete: 'off' });
 const batchSize = num('train-batch', { value: 1, min: 1 });
+const saveMemory = h('input', { type: 'checkbox', testid: 'train-save-memory' });
 const rank = num('train-rank', { value: 8, min: 1 });
 const token = h('input', { type: 'text', testid: 'train-token', autocomplete: 'off', placeholder: 'sks' });
 const classPrompt = h('input', { type: 'text', testid: 'train-class-prompt', autocomplete: 'off', placeholder: 'a heart' });
@@ -219,6 +220,7 @@ function buildRequest(): TrainRequest {
     s.lr = v;
   }
   put('batchSize', intOf(batchSize, 'Batch size'));
+  if (saveMemory.checked) s.gradientCheckpointing = true;
   if (technique === 'lora') put('rank', intOf(rank, 'Rank'));
   if (technique === 'dreambooth' || technique === 'embedding') {
     if (!token.value.trim()) throw new Error(technique === 'dreambooth' ? 'DreamBooth needs a token: a rare word for your subject, like "sks".' : 'Textual inversion needs a token: the new word, like "sksheart".');
@@ -359,6 +361,7 @@ export function createTrainTab(): HTMLElement {
         field('Steps', steps, 'How many small learning steps to take.'),
         field('Learning rate', lr, 'How big each step is; too big forgets, too small learns nothing.'),
         field('Batch size', batchSize, 'Pictures per step; more needs more memory.'),
+        field('Save memory', saveMemory, 'Recomputes parts of the model instead of keeping them (gradient checkpointing): far less memory for about 40 % more time. For a GPU that runs out of memory.'),
         techField(['lora'], 'Rank', rank, 'How much the LoRA can hold; bigger is a larger file.'),
         techField(['dreambooth', 'embedding'], 'Token', token, 'The made-up word you will type in prompts, like "sks". With the presets, write it in your captions too.'),
         techField(['dreambooth'], 'Class prompt', classPrompt, 'What your subject is in general, like "a heart". [filewords] stands for each picture\'s caption without the token.'),

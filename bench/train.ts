@@ -10,7 +10,7 @@
 // safetensors file both sides load): step time and the agreement of the first losses.
 // Run as `node --import tsx bench/train.ts --child TECHNIQUE CHECKPOINT DIR`, this file is (a)'s child.
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { loadavg, tmpdir } from 'node:os';
 import { fileURLToPath } from 'node:url';
@@ -35,19 +35,23 @@ const CAPTIONS = [`a photo of ${TOKEN}`, `${TOKEN} on a plain ground`];
 
 export const CFG = {
   techniques: { warmSteps: 5, steps: 30, batch: 2, side: 64, seed: 0 },
+  // Gradient checkpointing: bigger pictures, so that activations, not weights, fill the memory.
+  checkpointing: { warmSteps: 2, steps: 4, batch: 4, side: 128, techniques: ['dreambooth', 'lora'] as TechniqueKind[] },
   // Small steps are dominated by per-op costs and scheduling noise: best of `repeats` means.
   loraStep: { rank: 4, alpha: 4, lr: 1e-4, weightDecay: 1e-2, batch: 2, latent: 16, checkSteps: 5, iters: 30, warm: 3, repeats: 5 },
 };
 const LORA_LAYERS = /\.attn[12]\.(to_q|to_k|to_v|to_out\.0)$/;
 
-const hwmMb = () => Number(/VmHWM:\s+(\d+)/.exec(readFileSync('/proc/self/status', 'utf8'))![1]) / 1024;
+const statusMb = (key: 'VmHWM' | 'VmRSS') => Number(new RegExp(`${key}:\\s+(\\d+)`).exec(readFileSync('/proc/self/status', 'utf8'))![1]) / 1024;
+const hwmMb = () => statusMb('VmHWM');
+/** Sets the peak (VmHWM) back to the current RSS (Linux ≥ 4.0), to measure the steps that follow alone. */
+const resetPeak = () => writeFileSync('/proc/self/clear_refs', '5');
 const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
 /** Progress on stderr (stdout carries the JSON lines). */
 const note = (s: string) => process.stderr.write(`train bench: ${s}\n`);
 
 /** Two 64×64 pictures (a bright square on a dark ground, and its inverse), one batch of both, always the same. */
-function pictures(): TrainData {
-  const { side, batch } = CFG.techniques;
+function pictures(side = CFG.techniques.side, batch = CFG.techniques.batch): TrainData {
   const make = (i: number): T.Tensor => T.tidy(() => {
     const ground = T.full([1, 3, side, side], i % 2 ? 0.8 : -0.8);
     const q = side / 4;
@@ -67,7 +71,9 @@ function pictures(): TrainData {
 }
 
 /** (a) in this process alone: one technique's run, as `sdtune train TECHNIQUE` would do it. */
-async function techniqueChild(kind: TechniqueKind, ckpt: string, dir: string): Promise<void> {
+interface ChildOptions { gradientCheckpointing?: boolean; side?: number; batch?: number; warmSteps?: number; steps?: number }
+
+async function techniqueChild(kind: TechniqueKind, ckpt: string, dir: string, co: ChildOptions = {}): Promise<void> {
   const baseRss = hwmMb();
   const model = loadStableDiffusion(ckpt, { hash: false });
   const stem = join(dir, TOKEN);
@@ -76,9 +82,13 @@ async function techniqueChild(kind: TechniqueKind, ckpt: string, dir: string): P
   });
   const technique = makeTechnique(model, c);
   const out = stem + technique.extension;
-  const { warmSteps, steps, seed } = CFG.techniques;
+  const { seed } = CFG.techniques;
+  const warmSteps = co.warmSteps ?? CFG.techniques.warmSteps;
+  const steps = co.steps ?? CFG.techniques.steps;
   const marks: number[] = [];
-  const trainer = new Trainer(technique, pictures(), {
+  let steadyRss = 0;
+  let peakBefore = 0;
+  const trainer = new Trainer(technique, pictures(co.side, co.batch), {
     steps: warmSteps + steps,
     gradAccumulation: c.gradAccumulation,
     lrSchedule: c.lrSchedule,
@@ -89,11 +99,21 @@ async function techniqueChild(kind: TechniqueKind, ckpt: string, dir: string): P
     seed,
     workDir: join(dir, 'work'),
     out,
+    gradientCheckpointing: co.gradientCheckpointing,
     // no validation, prior meter, samples or checkpoints: the steps and the product alone
-    onStep: () => marks.push(performance.now()),
+    onStep: () => {
+      marks.push(performance.now());
+      if (marks.length === warmSteps) {
+        steadyRss = statusMb('VmRSS');
+        peakBefore = hwmMb();
+        resetPeak();
+      }
+    },
   });
   const r = await trainer.run();
   if (r.status !== 'done') throw new Error(`${kind}: ${r.message}`);
+  // The timed steps' own peak: latents are cached and the VAE is done by then.
+  const stepsPeak = hwmMb();
   // Each step's wall time as the loop runs it (onStep to onStep), after the warm-up steps.
   const intervals = marks.slice(warmSteps).map((t, i) => t - marks[warmSteps - 1 + i]);
   const recordMs = r.records.slice(warmSteps).map((x) => x.step_ms);
@@ -115,11 +135,14 @@ async function techniqueChild(kind: TechniqueKind, ckpt: string, dir: string): P
     },
     peak_rss_mb: 0,
     base_rss_mb: baseRss,
+    steps_peak_rss_mb: stepsPeak,
+    steady_rss_mb: steadyRss,
+    gradient_checkpointing: co.gradientCheckpointing ?? false,
   };
   trainer.dispose();
   technique.dispose();
   model.dispose();
-  result.peak_rss_mb = hwmMb();
+  result.peak_rss_mb = Math.max(peakBefore, hwmMb()); // the process's peak, before and after the reset
   console.log(JSON.stringify(result));
 }
 
@@ -260,6 +283,37 @@ export async function benchTrain(): Promise<BenchLine[]> {
       ...threads,
     });
 
+    // (c) gradient checkpointing: the same run with it off and on, each in a fresh process
+    const gc = CFG.checkpointing;
+    for (const kind of gc.techniques) {
+      const got: Record<string, unknown>[] = [];
+      for (const on of [false, true]) {
+        const work = mkdtempSync(join(dir, `gc-${kind}-`));
+        note(`${kind} at ${gc.side}×${gc.side}, batch ${gc.batch}, gradient checkpointing ${on ? 'on' : 'off'} (a fresh process)`);
+        try {
+          got.push(nodeChild(['--child', kind, ckpt, work, JSON.stringify({ gradientCheckpointing: on, side: gc.side, batch: gc.batch, warmSteps: gc.warmSteps, steps: gc.steps })]));
+        } catch (e) {
+          lines.push({ name: `train.gradient_checkpointing.${kind}`, error: (e as Error).message.split('\n').slice(0, 6).join('\n') });
+        } finally {
+          rmSync(work, { recursive: true, force: true });
+        }
+      }
+      if (got.length !== 2) continue;
+      const [off, on] = got;
+      // What the steps add over the memory held between them (weights, optimizer state, caches).
+      const extra = (r: Record<string, unknown>) => (r.steps_peak_rss_mb as number) - (r.steady_rss_mb as number);
+      lines.push({
+        name: `train.gradient_checkpointing.${kind}`, sdtune_ms: on.step_ms as number, reference_ms: off.step_ms as number, ratio: ratio(on.step_ms as number, off.step_ms as number),
+        steps_peak_rss_mb_off: round(off.steps_peak_rss_mb as number, 1), steps_peak_rss_mb_on: round(on.steps_peak_rss_mb as number, 1),
+        steady_rss_mb_off: round(off.steady_rss_mb as number, 1), steady_rss_mb_on: round(on.steady_rss_mb as number, 1),
+        step_memory_mb_off: round(extra(off), 1), step_memory_mb_on: round(extra(on), 1), step_memory_ratio: ratio(extra(on), extra(off)),
+        final_loss_off: round(off.final_loss as number, 6), final_loss_on: round(on.final_loss as number, 6),
+        data: `${gc.batch}×3×${gc.side}×${gc.side} pixels per step (latents cached), model tiny-sd, ${gc.steps} steps timed after ${gc.warmSteps}`,
+        note: 'ratio = step time with checkpointing over without; step memory = the timed steps\' peak RSS (VmHWM reset after the warm-up) over the RSS between steps',
+        reference: 'the same run without gradient checkpointing', ...threads,
+      });
+    }
+
     // (b) one LoRA step, sdtune vs python3-torch, same init and inputs
     const o = CFG.loraStep;
     const initPath = join(dir, 'lora-init.safetensors');
@@ -289,7 +343,7 @@ export async function benchTrain(): Promise<BenchLine[]> {
 }
 
 if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1] && process.argv[2] === '--child') {
-  techniqueChild(process.argv[3] as TechniqueKind, process.argv[4], process.argv[5]).catch((e: unknown) => {
+  techniqueChild(process.argv[3] as TechniqueKind, process.argv[4], process.argv[5], JSON.parse(process.argv[6] ?? '{}') as ChildOptions).catch((e: unknown) => {
     process.stderr.write(`${(e as Error).stack ?? String(e)}\n`);
     process.exit(1);
   });

@@ -75,28 +75,20 @@ test('the tiny UNet under a tape: one segment per resnet, transformer and resamp
   T.manualSeed(3);
   const x = T.keep(T.randn([2, 4, 8, 8]));
   const ctxLeaf = T.keep(T.randn([2, 77, model.textEncoder.cfg.hiddenSize]).requiresGrad_(true));
+  /** The gradients of every parameter and of the context; with a tape, also how many segments it held. */
   const grads = (tape: T.CheckpointTape | null) => {
     const body = () => T.tidy(() => unet.forward(x, T.tensor([10, 700], { dtype: 'int64' }), ctxLeaf.mul(1.5)).pow(2).mean());
     const loss = tape ? tape.run(body) : body();
+    const segments = tape?.size ?? 0;
     loss.backward();
     tape?.backward();
     loss.dispose();
     const out = [...params, ctxLeaf].map((p) => { const g = p.grad ?? T.zerosLike(p); p.grad = null; return T.keep(g); });
-    return out;
+    return { out, segments };
   };
-  const plain = grads(null);
-  const tape = new T.CheckpointTape();
+  const plain = grads(null).out;
   const live = T.memoryStats().live;
-  let segments = 0;
-  const taped = (() => {
-    const body = () => T.tidy(() => unet.forward(x, T.tensor([10, 700], { dtype: 'int64' }), ctxLeaf.mul(1.5)).pow(2).mean());
-    const loss = tape.run(body);
-    segments = tape.size;
-    loss.backward();
-    tape.backward();
-    loss.dispose();
-    return [...params, ctxLeaf].map((p) => { const g = p.grad ?? T.zerosLike(p); p.grad = null; return T.keep(g); });
-  })();
+  const { out: taped, segments } = grads(new T.CheckpointTape());
   assert.equal(T.memoryStats().live - live, taped.length, 'only the gradients taken remain');
   const cfg = unet.cfg;
   const levels = cfg.blockOutChannels.length;

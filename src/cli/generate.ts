@@ -1,7 +1,7 @@
 // `sdtune generate`: txt2img and img2img from the command line, over the one generation path
 // (src/sampling/pipeline.ts). Each image is a PNG with A1111's `parameters` chunk, written
 // atomically; a batch writes NAME-1.png, NAME-2.png, ….
-import { existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
+import { existsSync, readFileSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { dirname, extname, join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { decodePng, writePng } from '../formats/png.ts';
@@ -12,6 +12,7 @@ import { ProgressBar } from './progress.ts';
 import { TOY_MODEL_PATH, toyModelAvailable } from '../toy/model.ts';
 import { parseLoraArg } from './merge.ts';
 import { parseExtraNetworks } from '../text/prompt.ts';
+import { sideBySide } from '../server/image.ts';
 
 export class GenerateUsageError extends Error {}
 
@@ -20,8 +21,10 @@ export const GENERATE_USAGE = `sdtune generate [--model PATH] --prompt TEXT --ou
   [--cfg X] [--width W --height H] [--batch N] [--clip-skip N]
   [--init IMAGE.png --strength S] [--embedding FILE]... [--embeddings-dir DIR]
   [--lora FILE[:W[:TE_W]]]... [--lora-dir DIR] [--hypernetwork FILE[:W]]... [--hypernetwork-dir DIR]
-  [--device cpu|cuda]
-  In the prompt, <lora:NAME:W> and <hypernet:NAME:W> are looked up in --lora-dir / --hypernetwork-dir.`;
+  [--device cpu|cuda] [--preview-every N]
+  In the prompt, <lora:NAME:W> and <hypernet:NAME:W> are looked up in --lora-dir / --hypernetwork-dir.
+  --preview-every N: every N steps, FILE.preview.png shows where the pictures are heading (open it in
+  an image viewer that reloads); it goes when the pictures are written.`;
 
 export interface GenerateCliResult {
   files: string[];
@@ -63,6 +66,7 @@ function parseGenerateArgs(args: string[]) {
         'hypernetwork-dir': { type: 'string' },
         'embeddings-dir': { type: 'string' },
         device: { type: 'string' },
+        'preview-every': { type: 'string' },
         out: { type: 'string' },
         quiet: { type: 'boolean' },
       },
@@ -126,17 +130,26 @@ export function runGenerate(args: string[]): GenerateCliResult {
     if (!existsSync(dir) || !statSync(dir).isDirectory()) throw new GenerateUsageError(`--embeddings-dir ${dir}: no such folder`);
     embeddings.push(...embeddingFilesIn(dir));
   }
+  const every = number('preview-every', values['preview-every'], true);
+  if (every !== undefined && every < 1) throw new GenerateUsageError(`--preview-every takes a number of steps, 1 or more (got ${every})`);
+  const stem = values.out.slice(0, -extname(values.out).length);
+  // The batch side by side, replaced atomically: a viewer never reads half a file.
+  const previewFile = `${stem}.preview.png`;
   const t0 = Date.now();
   const bar = values.quiet ? null : new ProgressBar('sampling');
-  const images = runGenerateJob({
-    model: values.model,
-    device: values.device ?? 'cpu',
-    options: { ...o, onStep: (s, n) => bar?.update(s, n) },
-    embeddings,
-    loras: loraSpecs,
-    hypernetworks: hyperSpecs,
-  });
-  const stem = values.out.slice(0, -extname(values.out).length);
+  let images: ReturnType<typeof runGenerateJob>;
+  try {
+    images = runGenerateJob({
+      model: values.model,
+      device: values.device ?? 'cpu',
+      options: { ...o, onStep: (s, n) => bar?.update(s, n), ...(every && { preview: { every, onPreview: (imgs) => writePng(previewFile, sideBySide(imgs)) } }) },
+      embeddings,
+      loras: loraSpecs,
+      hypernetworks: hyperSpecs,
+    });
+  } finally {
+    if (every) rmSync(previewFile, { force: true });
+  }
   const files = images.map((_img, i) => (images.length === 1 ? values.out! : `${stem}-${i + 1}.png`));
   images.forEach((img, i) => writePng(files[i], img.image, { parameters: img.parameters }));
   return { files, seed: images[0].seed, seconds: (Date.now() - t0) / 1000 };

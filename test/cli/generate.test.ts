@@ -1,10 +1,10 @@
 // `sdtune generate` end to end through the real CLI process: PNGs with A1111 parameters, batches,
-// img2img, embeddings by file, and bad input as one clear line on stderr with a non-zero exit.
+// img2img, embeddings by file, live previews, and bad input as one clear line on stderr with a non-zero exit.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, readFileSync, readdirSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, readdirSync, watch } from 'node:fs';
 import { join } from 'node:path';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import * as T from '../../src/torch/index.ts';
 import { decodePng } from '../../src/formats/png.ts';
 import { saveSafetensors } from '../../src/formats/safetensors.ts';
@@ -82,4 +82,32 @@ test('bad input: one clear line and a non-zero exit, nothing written', () => {
     assert.equal(r.stderr.trim().split('\n').length, 1, `one line: ${r.stderr}`);
   }
   assert.equal(existsSync(out), false);
+});
+
+test('--preview-every N writes OUT.preview.png while sampling (whole files only), and removes it at the end', async () => {
+  const dir = join(tmp.dir, 'pv');
+  mkdirSync(dir);
+  const seen: { width: number; height: number }[] = [];
+  const watcher = watch(dir, (_ev, name) => {
+    if (name !== 'pv.preview.png') return;
+    try {
+      const png = decodePng(readFileSync(join(dir, name)));
+      seen.push({ width: png.width, height: png.height });
+    } catch (e) {
+      // Gone again (renamed over or removed) is fine; a half-written file is not.
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+    }
+  });
+  const code = await new Promise<number | null>((res) => {
+    const p = spawn(process.execPath, ['--import', 'tsx', join(REPO, 'src/cli/main.ts'), 'generate', '--model', ckpt, '--prompt', 'a cat', '--steps', '40', '--batch', '2', '--width', '64', '--height', '64', '--preview-every', '2', '--quiet', '--out', join(dir, 'pv.png')], { cwd: REPO, stdio: 'ignore' });
+    p.on('exit', res);
+  });
+  watcher.close();
+  assert.equal(code, 0);
+  assert.ok(seen.length >= 1, 'a preview was seen');
+  assert.deepEqual(seen[0], { width: 128, height: 64 }, 'the batch side by side');
+  assert.deepEqual(readdirSync(dir).sort(), ['pv-1.png', 'pv-2.png'], 'the preview is gone, the pictures are there');
+  const bad = sdtune('generate', '--model', ckpt, '--prompt', 'a cat', '--preview-every', '0', '--out', join(dir, 'x.png'));
+  assert.notEqual(bad.code, 0);
+  assert.match(bad.stderr, /--preview-every takes a number of steps, 1 or more \(got 0\)/);
 });

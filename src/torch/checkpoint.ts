@@ -39,10 +39,17 @@ interface Segment {
 
 let recording: CheckpointTape | null = null;
 
+/** Backward from tensors with given gradients, in one pass: d/dy Σ(y·g) = g, exactly. Call it in a scope. */
+function backwardFrom(pairs: readonly (readonly [Tensor, Tensor])[]): void {
+  if (pairs.length === 1) pairs[0][0].backward(pairs[0][1]);
+  else pairs.map(([y, g]) => y.mul(g).sum()).reduce((a, b) => a.add(b)).backward();
+}
+
 /**
  * Runs fn(...inputs) as a checkpointed segment when a tape records and gradients are on;
- * otherwise simply runs it (in its own scope: what it made and does not return is freed). fn must depend on nothing but its inputs and parameters (it runs
- * twice), and callers must pass a segment's outputs on as they were returned.
+ * otherwise simply runs it (in its own scope: what it made and does not return is freed). fn must
+ * depend on nothing but its inputs and parameters (it runs twice), and callers must pass a
+ * segment's outputs on as they were returned.
  */
 export function checkpoint(fn: (...xs: Tensor[]) => Tensor[], inputs: readonly Tensor[]): Tensor[] {
   const tape = recording;
@@ -102,17 +109,13 @@ export class CheckpointTape {
     if (this.disposed) throw new Error('this checkpoint tape was disposed');
     /** Gradients passed back to a segment's outputs by the segments that read them. */
     const passed = new Map<Tensor, Tensor>();
-    /** Gradients of inputs from outside the tape, by the caller's tensor: [a kept alias, the gradient]. */
-    const external = new Map<Tensor, [Tensor, Tensor]>();
+    /** Gradients of inputs from outside the tape, by the caller's tensor (a kept alias of it in `aliasOf`). */
+    const external = new Map<Tensor, Tensor>();
+    const aliasOf = new Map<Tensor, Tensor>();
     const add = (m: Map<Tensor, Tensor>, k: Tensor, g: Tensor) => {
       const had = m.get(k);
       m.set(k, had ? keep(had.add(g)) : keep(g.alias()));
       had?.dispose();
-    };
-    const addExternal = (k: Tensor, x: Tensor, g: Tensor) => {
-      const had = external.get(k);
-      external.set(k, [had?.[0] ?? x, had ? keep(had[1].add(g)) : keep(g.alias())]);
-      had?.[1].dispose();
     };
     try {
       for (let i = this.segments.length - 1; i >= 0; i--) {
@@ -120,7 +123,7 @@ export class CheckpointTape {
         // Inputs from outside that were made after this segment ran may be computed from its
         // outputs (code between segments): their gradients go into their graphs first. All the
         // segments that read them came later, so those gradients are complete.
-        this.flush(external, (k) => k.seq > seg.clock);
+        this.flush(external, aliasOf, (k) => k.seq > seg.clock);
         tidy(() => {
           const outs = [...new Set(seg.outputs)];
           const grads = outs.map((o) => {
@@ -134,18 +137,18 @@ export class CheckpointTape {
           const leaves = seg.inputs.map((x, j) => (wants[j] ? x.detach().requiresGrad_(true) : x));
           const again = this.replay(seg, leaves);
           const firstIndex = outs.map((o) => seg.outputs.indexOf(o));
-          const pairs = firstIndex.map((k, j) => [again[k], grads[j]] as const).filter(([y, g]) => g !== null && y.requiresGrad);
+          const pairs = firstIndex.map((k, j) => [again[k], grads[j]] as const).filter((p): p is readonly [Tensor, Tensor] => p[1] !== null && p[0].requiresGrad);
           if (pairs.length === 0) return;
-          // Backward from several outputs at once: d/dy Σ(y·g) = g, exactly.
-          const surrogate = pairs.length === 1 ? null : pairs.map(([y, g]) => y.mul(g!).sum()).reduce((a, b) => a.add(b));
-          if (surrogate) surrogate.backward();
-          else pairs[0][0].backward(pairs[0][1]!);
+          backwardFrom(pairs);
           seg.inputsOf.forEach((orig, j) => {
             if (!wants[j]) return;
             const g = leaves[j].grad;
             if (g === null) return;
             if (this.producer.has(orig)) add(passed, orig, g);
-            else addExternal(orig, seg.inputs[j], g);
+            else {
+              add(external, orig, g);
+              if (!aliasOf.has(orig)) aliasOf.set(orig, seg.inputs[j]);
+            }
           });
         });
         for (const o of new Set(seg.outputs)) {
@@ -154,27 +157,25 @@ export class CheckpointTape {
         }
       }
       // The rest of the inputs from outside the tape: on into the graphs that made them.
-      this.flush(external, () => true);
+      this.flush(external, aliasOf, () => true);
     } finally {
-      for (const g of [...passed.values(), ...[...external.values()].map(([, g]) => g)]) g.dispose();
+      for (const g of [...passed.values(), ...external.values()]) g.dispose();
       this.dispose();
     }
   }
 
   /** Backward from the chosen inputs from outside the tape, with their gradients; forgets them. */
-  private flush(external: Map<Tensor, [Tensor, Tensor]>, which: (k: Tensor) => boolean): void {
+  private flush(external: Map<Tensor, Tensor>, aliasOf: ReadonlyMap<Tensor, Tensor>, which: (k: Tensor) => boolean): void {
     const keys = [...external.keys()].filter(which);
     if (keys.length === 0) return;
     try {
       tidy(() => {
-        const pairs = keys.map((k) => external.get(k)!).filter(([x]) => x.requiresGrad);
-        if (pairs.length === 0) return;
-        const s = pairs.map(([x, g]) => x.mul(g).sum()).reduce((a, b) => a.add(b));
-        s.backward();
+        const pairs = keys.map((k) => [aliasOf.get(k)!, external.get(k)!] as const).filter(([x]) => x.requiresGrad);
+        if (pairs.length > 0) backwardFrom(pairs);
       });
     } finally {
       for (const k of keys) {
-        external.get(k)![1].dispose();
+        external.get(k)!.dispose();
         external.delete(k);
       }
     }

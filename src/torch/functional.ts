@@ -235,8 +235,7 @@ export function isInferenceMode(): boolean {
 export function manualSeed(seed: number | bigint): void {
   native.manualSeed(seed);
 }
-/** State of the default CPU generator (for exact resume). */
-/** The default generator's state: the CPU's, or with a CUDA device that device's. */
+/** The default generator's state (for exact resume): the CPU's, or with a CUDA device that device's. */
 export function getRngState(device?: Device): Buffer {
   return native.generatorState(device?.startsWith('cuda') ? device : null);
 }

@@ -190,16 +190,22 @@ test('concept sets: subject captions carry the token, style captions are plain s
   const subj = conceptTrainingSet('subject', 8, 1);
   assert.equal(subj.length, 8);
   for (const it of subj) {
-    assert.match(it.caption, /\bsks heart\b/);
-    assert.deepEqual(parseCaption(it.caption), { ...it.attrs, subject: true });
-    assert.equal(it.attrs.colour, 'red');
+    assert.match(it.caption, /^a large sks heart\b/);
+    // The subject's own colour is left to its token, as DreamBooth captions one object.
+    const { colour, ...named } = it.attrs;
+    assert.equal(colour, 'red');
+    assert.deepEqual(parseCaption(it.caption), { ...named, subject: true });
     assert.ok(it.subject && it.style === null && it.image.width === 32);
   }
   assert.ok(new Set(subj.map((it) => it.caption)).size >= 6, 'subject set repeats its captions');
   // DreamBooth's [filewords] class prompts: the captions without the token, each once.
   const prompts = classPromptsFor(FILEWORDS, subj.map((it) => it.caption), 'sks');
   assert.deepEqual(prompts, [...new Set(subj.map((it) => it.caption.replace('sks ', '')))]);
-  assert.ok(prompts.every((p) => parseCaption(p).subject === undefined && parseCaption(p).shape === 'heart' && parseCaption(p).colour === 'red'));
+  assert.ok(prompts.every((p) => parseCaption(p).subject === undefined && parseCaption(p).shape === 'heart' && parseCaption(p).colour === undefined));
+  // A set of hearts in any colour names each one's colour.
+  const anyColour = conceptTrainingSet('subject', 12, 1, { colour: 'any' });
+  for (const it of anyColour) assert.deepEqual(parseCaption(it.caption), { ...it.attrs, subject: true });
+  assert.ok(new Set(anyColour.map((it) => it.attrs.colour)).size >= 3);
 
   const style = conceptTrainingSet('style', 10, 1, { size: 64 });
   assert.ok(style.every((it) => it.style === 'outline' && it.image.width === 64 && !/sks/.test(it.caption)));

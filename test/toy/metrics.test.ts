@@ -26,6 +26,8 @@ test('probes read their expectations from the prompt', () => {
   const st = styleProbes(4, 2);
   assert.equal(st.length, 4);
   assert.ok(st.every((p) => p.expect.style === true && p.expect.shape !== undefined && p.count === 2));
+  assert.deepEqual(st.map((p) => p.expect.size), ['small', 'large', 'small', 'large'], 'small and large shapes in turn');
+  assert.deepEqual(styleProbes(6, 1).map((p) => p.expect.shape), ['circle', 'square', 'triangle', 'star', 'heart', 'circle'], 'every shape in turn');
   assert.deepEqual(styleProbes(4, 2), st, 'the style probes are the same on every call');
 });
 

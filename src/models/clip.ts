@@ -1,8 +1,11 @@
 // CLIP text encoder (transformers CLIPTextModel) with transformers' module paths under
 // `text_model.`: SD1's OpenAI ViT-L/14 and SD2's OpenCLIP ViT-H/14 as diffusers stores it.
 // Follows transformers 4.34 models/clip/modeling_clip.py; spec: sd-formats.md §3.1 and §3.4.
+// Under gradient checkpointing each encoder layer that trains, or that a trained input (textual
+// inversion's vectors) passes through, is a checkpoint() segment (as transformers'
+// gradient_checkpointing_enable); a frozen encoder on plain tokens runs as it is.
 import * as T from '../torch/index.ts';
-import { type Tensor, tidy, nn } from '../torch/index.ts';
+import { type Tensor, checkpoint, isCheckpointing, tidy, nn } from '../torch/index.ts';
 import type { ClipTextConfig } from './config.ts';
 import type { ModelOptions } from './attention.ts';
 
@@ -122,7 +125,9 @@ export class CLIPTextModel extends nn.Module {
       const hidden: Tensor[] = [h];
       const stopAt = this.cfg.layers - (skip - 1);
       for (let i = 0; i < stopAt; i++) {
-        h = this.layers.at(i).forward(h);
+        const layer = this.layers.at(i);
+        const segment = isCheckpointing() && (h.requiresGrad || layer.parameters().some((p) => p.requiresGrad));
+        h = segment ? checkpoint((x) => [layer.forward(x)], [h])[0] : layer.forward(h);
         if (o.keepHidden) hidden.push(h);
       }
       const last = this.finalLayerNorm.forward(h);

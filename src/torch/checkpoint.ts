@@ -57,6 +57,11 @@ export function checkpoint(fn: (...xs: Tensor[]) => Tensor[], inputs: readonly T
   return tape.record(fn, inputs);
 }
 
+/** True while a tape records (a model may then mark more of its forward pass as segments). */
+export function isCheckpointing(): boolean {
+  return recording !== null && isGradEnabled();
+}
+
 export class CheckpointTape {
   private segments: Segment[] = [];
   /** Which segment made a tensor the caller holds. */

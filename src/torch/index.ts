@@ -4,7 +4,7 @@ import { native, type RuntimeInfo } from './native.ts';
 export { Tensor, Generator, Op, op, callOp, type Scalar, type Shape, type Reduction } from './tensor.ts';
 export { type DType, type Device, DTYPE_BYTES, isFloating } from './dtype.ts';
 export { tidy, keep, scopeDepth } from './scope.ts';
-export { checkpoint, CheckpointTape } from './checkpoint.ts';
+export { checkpoint, isCheckpointing, CheckpointTape } from './checkpoint.ts';
 export * from './functional.ts';
 export * as nn from './nn.ts';
 export * as optim from './optim.ts';

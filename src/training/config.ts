@@ -47,7 +47,7 @@ export const TRAIN_FIELDS = {
   seed: { kind: 'integer', help: 'seed of every random draw (data order, noise, timesteps)', default: 0, min: 0 },
   emaDecay: { kind: 'number', help: 'keep an EMA of the weights with this decay (e.g. 0.999); the product uses it', min: 0, max: 1 },
   mixedPrecision: { kind: 'string', help: 'fp16 or bf16 autocast on CUDA (CPU trains in fp32)', default: 'no', choices: ['no', 'fp16', 'bf16'] },
-  gradientCheckpointing: { kind: 'boolean', help: "recompute the UNet's activations in the backward pass: much less memory for about a third more time per step", default: false },
+  gradientCheckpointing: { kind: 'boolean', help: "recompute the UNet's (and a trained text encoder's) activations in the backward pass: much less memory for about a third more time per step", default: false },
   saveDtype: { kind: 'string', help: 'dtype of the product file', default: { dreambooth: 'fp16', lora: 'fp16', embedding: 'fp32', hypernetwork: 'fp32' }, choices: ['fp32', 'fp16', 'bf16'] },
   // captions
   captionExtension: { kind: 'string', help: 'caption file extension', default: '.txt' },

@@ -1,8 +1,10 @@
 // Gradient checkpointing (src/torch/checkpoint.ts): the tape's gradients are the plain backward's —
 // through segments that share inputs, a skip read by two later segments, code between segments,
 // dropout inside a segment and inputs from outside the tape — the UNet's gradients on the tiny model
-// match, and a DreamBooth, LoRA (with the text encoder) and hypernetwork (with dropout) run train
-// the same with it on as off; nothing is left behind.
+// match, the text encoder's layers are segments when they train or carry textual inversion's
+// vectors (and not when frozen on plain tokens), and a DreamBooth, LoRA (with the text encoder),
+// embedding and hypernetwork (with dropout) run train the same with it on as off; nothing is left
+// behind.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
@@ -11,6 +13,7 @@ import { loadStableDiffusion, type StableDiffusion } from '../../src/models/load
 import { Trainer, type TrainBatch, type TrainData } from '../../src/training/loop.ts';
 import type { Technique } from '../../src/training/technique.ts';
 import { DreamBoothTechnique } from '../../src/training/techniques/dreambooth.ts';
+import { EmbeddingTechnique } from '../../src/training/techniques/embedding.ts';
 import { HypernetworkTechnique } from '../../src/training/techniques/hypernetwork.ts';
 import { LoraTechnique } from '../../src/training/techniques/lora.ts';
 import { tempDir } from '../helpers.ts';
@@ -109,6 +112,45 @@ test('the tiny UNet under a tape: one segment per resnet, transformer and resamp
   model.dispose();
 });
 
+test('the text encoder under a tape: a segment per layer when it trains or carries trained vectors, none when frozen', () => {
+  const model = loadStableDiffusion(ckpt, { hash: false });
+  const te = model.textEncoder;
+  te.requiresGrad_(false); // as every technique leaves it unless it trains it
+  const v = te.cfg.vocabSize;
+  const ids = T.keep(T.tensor([[v - 2, 5, 9, v - 1, v - 1, v - 1]], { dtype: 'int64' }));
+  const vectors = T.keep(T.tidy(() => te.embeddings.tokens(ids).detach()).requiresGrad_(true));
+  /** Gradients of the given leaves through the encoder (a loss on every output), and the tape's segment count. */
+  const grads = (leaves: T.Tensor[], tape: T.CheckpointTape | null, withVectors: boolean) => {
+    const body = () => T.tidy(() => {
+      const o = te.forward(ids, withVectors ? { tokenVectors: vectors.mul(1) } : {});
+      return o.lastHidden.pow(2).mean().add(o.pooled.sum());
+    });
+    const loss = tape ? tape.run(body) : body();
+    const segments = tape?.size ?? 0;
+    if (loss.requiresGrad) loss.backward();
+    tape?.backward();
+    loss.dispose();
+    return { out: leaves.map((p) => { const g = p.grad ?? T.zerosLike(p); p.grad = null; return T.keep(g); }), segments };
+  };
+  const layers = te.cfg.layers;
+  assert.equal(grads([], new T.CheckpointTape(), false).segments, 0, 'a frozen encoder on plain tokens is not taped');
+  const compare = (leaves: T.Tensor[], withVectors: boolean, what: string) => {
+    const plain = grads(leaves, null, withVectors).out;
+    const { out: taped, segments } = grads(leaves, new T.CheckpointTape(), withVectors);
+    assert.equal(segments, layers, `${what}: one segment per layer`);
+    plain.forEach((g, i) => assert.ok(maxDiff(g, taped[i]) <= 1e-5 * Math.max(maxAbs(g), 1e-8), `${what}: gradient ${i} differs by ${maxDiff(g, taped[i])}`));
+    assert.ok(maxAbs(plain[0]) > 0, `${what}: a gradient flows`);
+    for (const t of [...plain, ...taped]) t.dispose();
+  };
+  compare([vectors], true, 'textual inversion');
+  const params = te.parameters();
+  for (const p of params) p.requiresGrad_(true);
+  compare(params, false, 'a trained encoder');
+  for (const p of params) p.requiresGrad_(false);
+  for (const t of [ids, vectors]) t.dispose();
+  model.dispose();
+});
+
 /** Two 64×64 pictures, batch 1, fixed order (as test/training/loop.test.ts). */
 function pictures(captions: string[]): TrainData {
   const make = (i: number): T.Tensor => T.tidy(() => {
@@ -126,7 +168,7 @@ async function losses(make: (m: StableDiffusion) => Technique, checkpointing: bo
   const model = loadStableDiffusion(ckpt, { hash: false });
   const tech = make(model);
   const work = join(tmp.dir, `${name}-${checkpointing}`);
-  const t = new Trainer(tech, pictures(['a sks square', 'a square on a ground']), { steps: 4, seed: 5, workDir: work, out: join(work, `p${tech.extension}`), gradientCheckpointing: checkpointing });
+  const t = new Trainer(tech, pictures(['a sks square', 'a sks square on a ground']), { steps: 4, seed: 5, workDir: work, out: join(work, `p${tech.extension}`), gradientCheckpointing: checkpointing });
   const r = await t.run();
   assert.equal(r.status, 'done');
   const params = T.tidy(() => tech.groups().flatMap((g) => g.params.slice(0, 3).map(([, p]) => p.flatten().slice(0, 0, 4).toArray() as unknown as number[]).flat()));
@@ -139,6 +181,7 @@ async function losses(make: (m: StableDiffusion) => Technique, checkpointing: bo
 const techniques: [string, (m: StableDiffusion) => Technique][] = [
   ['DreamBooth', (m) => new DreamBoothTechnique(m, { token: 'sks', lr: 1e-3 })],
   ['LoRA with the text encoder', (m) => new LoraTechnique(m, { rank: 2, alpha: 2, lr: 1e-2, trainTextEncoder: true, saveDtype: 'fp32', seed: 1 })],
+  ['an embedding', (m) => new EmbeddingTechnique(m, { name: 'sks', initText: 'square', lr: 5e-2 })],
   ['hypernetwork with dropout', (m) => new HypernetworkTechnique(m, { name: 'hn', layerStructure: [1, 2, 1], dropoutStructure: [0, 0.3, 0], lr: 1e-3, seed: 1 })],
 ];
 for (const [name, make] of techniques) {

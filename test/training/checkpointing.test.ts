@@ -70,6 +70,19 @@ test('the tape gives the plain backward\'s gradients: shared inputs, a skip read
   assert.throws(() => tape.backward(), /this checkpoint tape was disposed/);
 });
 
+/**
+ * The gradients of `leaves` from a backward through body()'s loss, run under `tape` when given
+ * (then also how many segments it held); the leaves' .grad are taken and reset.
+ */
+function gradientsOf(body: () => T.Tensor, leaves: readonly T.Tensor[], tape: T.CheckpointTape | null): { out: T.Tensor[]; segments: number } {
+  const loss = tape ? tape.run(body) : body();
+  const segments = tape?.size ?? 0;
+  if (loss.requiresGrad) loss.backward();
+  tape?.backward();
+  loss.dispose();
+  return { out: leaves.map((p) => { const g = p.grad ?? T.zerosLike(p); p.grad = null; return T.keep(g); }), segments };
+}
+
 test('the tiny UNet under a tape: one segment per resnet, transformer and resampler, the same gradients', () => {
   const model = loadStableDiffusion(ckpt, { hash: false });
   const unet = model.unet;
@@ -79,16 +92,7 @@ test('the tiny UNet under a tape: one segment per resnet, transformer and resamp
   const x = T.keep(T.randn([2, 4, 8, 8]));
   const ctxLeaf = T.keep(T.randn([2, 77, model.textEncoder.cfg.hiddenSize]).requiresGrad_(true));
   /** The gradients of every parameter and of the context; with a tape, also how many segments it held. */
-  const grads = (tape: T.CheckpointTape | null) => {
-    const body = () => T.tidy(() => unet.forward(x, T.tensor([10, 700], { dtype: 'int64' }), ctxLeaf.mul(1.5)).pow(2).mean());
-    const loss = tape ? tape.run(body) : body();
-    const segments = tape?.size ?? 0;
-    loss.backward();
-    tape?.backward();
-    loss.dispose();
-    const out = [...params, ctxLeaf].map((p) => { const g = p.grad ?? T.zerosLike(p); p.grad = null; return T.keep(g); });
-    return { out, segments };
-  };
+  const grads = (tape: T.CheckpointTape | null) => gradientsOf(() => T.tidy(() => unet.forward(x, T.tensor([10, 700], { dtype: 'int64' }), ctxLeaf.mul(1.5)).pow(2).mean()), [...params, ctxLeaf], tape);
   const plain = grads(null).out;
   const live = T.memoryStats().live;
   const { out: taped, segments } = grads(new T.CheckpointTape());
@@ -120,18 +124,10 @@ test('the text encoder under a tape: a segment per layer when it trains or carri
   const ids = T.keep(T.tensor([[v - 2, 5, 9, v - 1, v - 1, v - 1]], { dtype: 'int64' }));
   const vectors = T.keep(T.tidy(() => te.embeddings.tokens(ids).detach()).requiresGrad_(true));
   /** Gradients of the given leaves through the encoder (a loss on every output), and the tape's segment count. */
-  const grads = (leaves: T.Tensor[], tape: T.CheckpointTape | null, withVectors: boolean) => {
-    const body = () => T.tidy(() => {
-      const o = te.forward(ids, withVectors ? { tokenVectors: vectors.mul(1) } : {});
-      return o.lastHidden.pow(2).mean().add(o.pooled.sum());
-    });
-    const loss = tape ? tape.run(body) : body();
-    const segments = tape?.size ?? 0;
-    if (loss.requiresGrad) loss.backward();
-    tape?.backward();
-    loss.dispose();
-    return { out: leaves.map((p) => { const g = p.grad ?? T.zerosLike(p); p.grad = null; return T.keep(g); }), segments };
-  };
+  const grads = (leaves: T.Tensor[], tape: T.CheckpointTape | null, withVectors: boolean) => gradientsOf(() => T.tidy(() => {
+    const o = te.forward(ids, withVectors ? { tokenVectors: vectors.mul(1) } : {});
+    return o.lastHidden.pow(2).mean().add(o.pooled.sum());
+  }), leaves, tape);
   const layers = te.cfg.layers;
   assert.equal(grads([], new T.CheckpointTape(), false).segments, 0, 'a frozen encoder on plain tokens is not taped');
   const compare = (leaves: T.Tensor[], withVectors: boolean, what: string) => {

@@ -320,9 +320,9 @@ export class Trainer {
     b.masks?.dispose();
   }
 
-  /** Mean loss on the held-out images at fixed noise (seeded) and fixed timesteps. */
+  /** The product's mean loss (with EMA, the averaged weights') on the held-out images at fixed noise (seeded) and fixed timesteps. */
   validationLoss(): number | undefined {
-    return this.validation()?.loss;
+    return this.withEmaWeights(() => this.validation()?.loss);
   }
 
   /**
@@ -487,27 +487,38 @@ export class Trainer {
 
   // ---- the product ------------------------------------------------------------------------------
 
-  private saveProduct(path: string): void {
-    const m = this.technique.model;
-    const swap = () => {
-      if (!this.ema) return;
+  /**
+   * Runs `fn` with the EMA weights in place of the trained ones (and puts them back after): what
+   * the product holds, so the product and the validation that judges it see the same weights. A
+   * plain call without EMA.
+   */
+  private withEmaWeights<R>(fn: () => R): R {
+    const ema = this.ema;
+    if (!ema) return fn();
+    const swap = () =>
       T.noGrad(() => {
         for (const [n, p] of this.params) {
-          const e = this.ema!.get(n)!;
+          const e = ema.get(n)!;
           const tmp = p.detach().clone();
           p.copy_(e);
           e.copy_(tmp);
           tmp.dispose();
         }
       });
-    };
-    swap(); // the EMA weights go into the product
+    swap();
     try {
-      mkdirSync(dirname(path), { recursive: true });
-      this.technique.save(path, { step: this.step, baseName: m.name, baseHash: m.hash, settings: this.o.settings ?? {} });
+      return fn();
     } finally {
       swap();
     }
+  }
+
+  private saveProduct(path: string): void {
+    const m = this.technique.model;
+    this.withEmaWeights(() => {
+      mkdirSync(dirname(path), { recursive: true });
+      this.technique.save(path, { step: this.step, baseName: m.name, baseHash: m.hash, settings: this.o.settings ?? {} });
+    });
   }
 
   private snapshotPath(step: number): string {
@@ -645,17 +656,20 @@ export class Trainer {
       const rec: StepRecord = { step: this.step, epoch, loss, lr: lrs[0], step_ms: Date.now() - ts };
       const every = (n: number | undefined) => n !== undefined && n > 0 && (this.step % n === 0 || this.step === o.steps);
       if (every(o.validateEvery)) {
-        const v = this.validation();
-        if (v) {
-          rec.val_loss = v.loss;
-          rec.val_by_t = v.byT;
-          if (v.gap !== undefined) [rec.concept_gap, rec.gap_by_t] = [v.gap, v.gapByT];
-        }
-        const d = this.priorDriftByT();
-        if (d) [rec.prior_drift, rec.drift_by_t] = [mean(d), d];
-        if (o.checkSamples) rec.sample_score = this.checkSamples(o.checkSamples);
+        // With EMA the product holds the averaged weights: they are what is validated.
+        this.withEmaWeights(() => {
+          const v = this.validation();
+          if (v) {
+            rec.val_loss = v.loss;
+            rec.val_by_t = v.byT;
+            if (v.gap !== undefined) [rec.concept_gap, rec.gap_by_t] = [v.gap, v.gapByT];
+          }
+          const d = this.priorDriftByT();
+          if (d) [rec.prior_drift, rec.drift_by_t] = [mean(d), d];
+          if (o.checkSamples) rec.sample_score = this.checkSamples(o.checkSamples);
+        });
       }
-      if (every(o.sampleEvery)) rec.samples = this.samples();
+      if (every(o.sampleEvery)) rec.samples = this.withEmaWeights(() => this.samples());
       if (every(o.checkpointEvery)) {
         // The last step gets a checkpoint too, so a finished run can be extended with --resume.
         rec.checkpoint = this.saveCheckpoint();

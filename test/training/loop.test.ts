@@ -149,6 +149,9 @@ test('DreamBooth with prior preservation: the whole model is saved and re-loads;
   assert.equal(r.status, 'done');
   assert.equal(r.trainableParameters, model.unet.numParameters());
   const last = r.records.at(-1)!;
+  // EMA: the validation judges the product's (averaged) weights, not the last step's.
+  assert.equal(last.val_loss, afterLoss, 'the logged validation is the EMA weights\'');
+  assert.notEqual(trainer.validation()!.loss, afterLoss, 'the live weights score differently');
   const drift = last.prior_drift!;
   assert.ok(drift > 0, `prior drift should be above 0 after full fine-tuning (${drift})`);
   // The meter's curves, per validation timestep: their means are the logged values.

@@ -6,17 +6,21 @@
 //             difference on the same pictures and noise — ignores how well the pictures themselves
 //             are reconstructed. Without one (a style), the held-out loss at the low, fine-detail
 //             timesteps, falling as the look is learnt.
-//   drift:    the prior drift on class (or plain) prompts, as growth over its first value: what
-//             the model forgets.
+//   drift:    the prior drift on class (or plain) prompts — what the model forgets — as its rise
+//             since the first validation, over the first held-out loss: the drift is a squared
+//             error between the model's and the base's predictions, the held-out loss one between
+//             the model's and the true noise, so their ratio is a scale-free share. (Growth over the
+//             drift's own first value, the earlier rule, exploded when the first validation came
+//             before the adapter had moved — with EMA it always does.)
 // The rule: smooth both; progress = the concept curve rescaled to [0, 1] over the run; score =
-// progress − driftWeight · drift growth; the recommended step is the earliest validation whose
+// progress − driftWeight · drift; the recommended step is the earliest validation whose
 // score is within `tolerance` of the best. Earliest, because past the knee more steps buy little
 // and cost drift. The benchmark's sweep (bench/toy-meter.ts) fits the settings against ground
 // truth and checks them on runs left out of the fit.
 import type { StepRecord } from './loop.ts';
 
 export interface MeterOptions {
-  /** Weight of the prior drift's growth against the concept's progress. */
+  /** Weight of the prior drift (its rise, over the first held-out loss) against the concept's progress. */
   driftWeight?: number;
   /** Slack, in progress units (0–1): the earliest step scoring within it of the best is recommended. */
   tolerance?: number;
@@ -37,7 +41,7 @@ export interface Recommendation {
   signal: 'samples' | 'concept-gap' | 'held-out-loss';
   /** One sentence for the user. */
   message: string;
-  /** The validation points used: step, smoothed concept curve (higher = more learnt), its progress (0–1), smoothed drift growth, score. */
+  /** The validation points used: step, smoothed concept curve (higher = more learnt), its progress (0–1), smoothed drift (its rise over the first held-out loss), score. */
   points: { step: number; concept: number; progress: number; drift: number; score: number }[];
 }
 
@@ -79,8 +83,8 @@ export function recommendStop(records: readonly StepRecord[], o: MeterOptions = 
   const hi = Math.max(...concept);
   const progress = concept.map((c) => (hi > lo ? (c - lo) / (hi - lo) : 0));
   const driftRaw = smooth(pts.map((r) => (finite(r.prior_drift) ? r.prior_drift : 0)), smoothing);
-  const d0 = driftRaw[0];
-  const drift = driftRaw.map((d) => (d0 > 0 ? d / d0 - 1 : 0));
+  const scale = pts[0].val_loss!;
+  const drift = driftRaw.map((d) => (scale > 0 ? (d - driftRaw[0]) / scale : 0));
   const score = progress.map((p, i) => p - driftWeight * drift[i]);
   const best = Math.max(...score);
   const pick = score.findIndex((s) => s >= best - tolerance);

@@ -45,6 +45,17 @@ test('prior drift that keeps growing moves the stop earlier than the held-out lo
   assert.ok(withDrift.step < alone.step, `with drift ${withDrift.step}, without ${alone.step}`);
 });
 
+test('drift is weighed against the held-out loss: a tiny first drift (the adapter not yet moved) does not pull the stop back to it', () => {
+  // Measured with EMA on the toy world: the first validation's drift is a third of the later
+  // plateau's, which as growth over that first value (+200 %) outweighed the whole concept curve.
+  const records = log(400, () => 0.05, (s) => (s <= 10 ? 0.005 : 0.015), (s) => ({ sample_score: 0.5 + 0.4 * (s / 400) }));
+  const r = recommendStop(records, { driftWeight: 1, tolerance: 0, smoothing: 0 })!;
+  assert.equal(r.signal, 'samples');
+  assert.equal(r.step, 400);
+  assert.ok(Math.abs(r.points.at(-1)!.drift - 0.2) < 1e-9, `drift as a share of the held-out loss: ${r.points.at(-1)!.drift}`);
+  assert.equal(r.points[0].drift, 0);
+});
+
 test('with a concept word the gap decides: the pictures\' loss rising (memorised) does not stop a word still being learnt', () => {
   const r = recommendStop(log(400, (s) => 0.05 + s * 1e-4, undefined, (s) => ({ concept_gap: 0.01 * (1 - Math.exp(-s / 150)) })), { driftWeight: 0, tolerance: 0 })!;
   assert.equal(r.signal, 'concept-gap');

@@ -45,7 +45,7 @@ export const TRAIN_FIELDS = {
   minSnrGamma: { kind: 'number', help: 'min-SNR-γ loss weighting (0 = off; 5 is usual)', default: 0, min: 0 },
   noiseOffset: { kind: 'number', help: 'noise offset (0.05–0.1 helps very dark/bright images)', default: 0, min: 0, max: 1 },
   seed: { kind: 'integer', help: 'seed of every random draw (data order, noise, timesteps)', default: 0, min: 0 },
-  emaDecay: { kind: 'number', help: 'keep an EMA of the weights with this decay (e.g. 0.999); the product uses it', min: 0, max: 1 },
+  emaDecay: { kind: 'number', help: 'keep an EMA of the weights with this decay (e.g. 0.999; warmed up as (1 + step) / (10 + step) until it reaches it); the product, validation and samples use it', min: 0, max: 1 },
   mixedPrecision: { kind: 'string', help: 'fp16 or bf16 autocast on CUDA (CPU trains in fp32)', default: 'no', choices: ['no', 'fp16', 'bf16'] },
   gradientCheckpointing: { kind: 'boolean', help: "recompute the UNet's (and a trained text encoder's) activations in the backward pass: much less memory for about a third more time per step", default: false },
   saveDtype: { kind: 'string', help: 'dtype of the product file', default: { dreambooth: 'fp16', lora: 'fp16', embedding: 'fp32', hypernetwork: 'fp32' }, choices: ['fp32', 'fp16', 'bf16'] },

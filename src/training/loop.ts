@@ -56,7 +56,11 @@ export interface TrainOptions {
   minSnrGamma?: number;
   noiseOffset?: number;
   seed?: number;
-  /** Exponential moving average of the trained weights (e.g. 0.999); the product uses it. */
+  /**
+   * Exponential moving average of the trained weights (e.g. 0.999); the product uses it. The decay
+   * warms up, min(emaDecay, (1 + t) / (10 + t)) at optimizer step t (emaDecayAt), so that a short
+   * run's average is not mostly the starting weights.
+   */
   emaDecay?: number;
   /** 'fp16' | 'bf16' autocast on CUDA; CPU always trains in fp32. */
   mixedPrecision?: 'no' | 'fp16' | 'bf16';
@@ -122,6 +126,11 @@ export interface TrainResult {
   message: string;
   trainableParameters: number;
   records: StepRecord[];
+}
+
+/** The EMA's decay at optimizer step `t` (0-based): warmed up, min(decay, (1 + t) / (10 + t)) — the default warm-up of diffusers' EMAModel. */
+export function emaDecayAt(decay: number, t: number): number {
+  return Math.min(decay, (1 + t) / (10 + t));
 }
 
 /** Where a run's product snapshot of `step` goes: OUT-stepNNNNNN.ext beside the product. */
@@ -646,7 +655,7 @@ export class Trainer {
       this.scaler?.update(finite);
       this.opt.zeroGrad();
       if (this.ema) {
-        const d = o.emaDecay!;
+        const d = emaDecayAt(o.emaDecay!, this.step);
         T.noGrad(() => {
           for (const [n, p] of this.params) this.ema!.get(n)!.mul_(d).add_(p, 1 - d);
         });

@@ -11,7 +11,7 @@ import { loadStableDiffusion, type StableDiffusion } from '../../src/models/load
 import { loadEmbeddingFile } from '../../src/formats/embedding-file.ts';
 import { disposeEmbedding } from '../../src/formats/layouts/index.ts';
 import { SafetensorsFile } from '../../src/formats/safetensors.ts';
-import { Trainer, withoutWord, type TrainBatch, type TrainData } from '../../src/training/loop.ts';
+import { Trainer, emaDecayAt, withoutWord, type TrainBatch, type TrainData } from '../../src/training/loop.ts';
 import { EmbeddingTechnique } from '../../src/training/techniques/embedding.ts';
 import { DreamBoothTechnique } from '../../src/training/techniques/dreambooth.ts';
 import { HypernetworkTechnique } from '../../src/training/techniques/hypernetwork.ts';
@@ -183,6 +183,17 @@ test('DreamBooth with prior preservation: the whole model is saved and re-loads;
   trainer.dispose();
   tech.dispose();
   model.dispose();
+});
+
+test('the EMA decay warms up: (1 + t) / (10 + t) until it reaches the set decay', () => {
+  assert.equal(emaDecayAt(0.999, 0), 0.1);
+  assert.equal(emaDecayAt(0.999, 10), 11 / 20);
+  assert.equal(emaDecayAt(0.98, 1000), 0.98);
+  assert.equal(emaDecayAt(0.98, 439), 440 / 449);
+  // 0.98 over a 50-step run without the warm-up would keep 0.98^50 = 36 % of the starting weights.
+  let start = 1;
+  for (let t = 0; t < 50; t++) start *= emaDecayAt(0.98, t);
+  assert.ok(start < 1e-3, `the starting weights' share after 50 steps: ${start}`);
 });
 
 test('the concept gap captions the held-out pictures without the word', () => {

@@ -39,9 +39,10 @@ export function sweepRuns(scale = 1): SweepRun[] {
     run('dreambooth-no-prior', 'dreambooth', 400, { numClassImages: 0 }),
     run('dreambooth-long-high-lr', 'dreambooth', 800, { lr: 3e-4 }),
     run('embedding', 'embedding', 400),
-    run('lora-r4-lr5e-4', 'lora', 400, { rank: 4, alpha: 4, lr: 5e-4 }),
+    // The LoRAs reach the convolutions as the demo's does (LoCon), at the same rank as the rest.
+    run('lora-r4-lr5e-4', 'lora', 400, { rank: 4, alpha: 4, convRank: 4, convAlpha: 4, lr: 5e-4 }),
     run('lora-r8-lr5e-3', 'lora', 400),
-    run('lora-r16-lr3e-3-long', 'lora', 800, { rank: 16, alpha: 16, lr: 3e-3 }),
+    run('lora-r16-lr3e-3-long', 'lora', 800, { rank: 16, alpha: 16, convRank: 16, convAlpha: 16, lr: 3e-3 }),
     run('hypernetwork', 'hypernetwork', 400),
   ];
 }

@@ -57,7 +57,7 @@ const PLAIN_PROMPTS = Array.from({ length: 4 }, (_, i) => caption(sampleScene(97
  * The LoRA reaches the 3×3 convolutions too (LoCon, convRank): the outline is a stroke a few pixels
  * wide, drawn by the ResNet blocks rather than by attention — measured over 400 steps, the
  * attention-only LoRA's style fidelity stayed at 0.38–0.48, with the convolutions it reached 0.67
- * at step 150, at twice the time per step.
+ * at step 150, at about 1.5 times the time per step.
  */
 export const DEMO_RUNS: readonly DemoRun[] = [
   { technique: 'dreambooth', concept: 'subject', settings: { ...COMMON, ...EMA, steps: 240, lr: 1e-4, token: SUBJECT_TOKEN, classPrompt: CLASS_PROMPT, numClassImages: 12, priorLossWeight: 1, saveDtype: 'fp16' } },

@@ -263,29 +263,40 @@ export function scoreProduct(
   }
   // Style adapters on the base model, swept over weights.
   const model = loadStableDiffusion(o.modelPath, { hash: false });
-  const lora = run.technique === 'lora' ? loadLoraFile(file, model) : null;
-  const net = run.technique === 'hypernetwork' ? Hypernetwork.fromFile(file) : null;
-  const applied = lora ? applyLoraFiles(model, [{ lora }]) : null;
-  const hyper = net ? applyHypernetworks(model.unet, [{ net }]) : null;
+  const adapter = applyStyleAdapter(model, run.technique, file);
   try {
     const byWeight = (o.weights ?? [1]).map((w) => {
       // At weight 0 a LoRA (or strength 0 a hypernetwork) gives exactly the base model's output,
       // and the base's pictures of these probes, at these seeds, are already judged.
       if (w === 0) return { w, res: o.base.style };
-      if (applied) applied.setWeights(0, w);
-      else hyper!.setStrength(w);
+      adapter.setWeight(w);
       return { w, res: runProbes(renderer(model), o.judge, o.probes.style, 3) };
     });
     const s = styleScores(byWeight[byWeight.length - 1].res, o.base.style);
     const style_strength = byWeight.map((b) => ({ weight: b.w, value: styleScores(b.res, o.base.style).concept_fidelity }));
     return { scores: { ...s, style_strength }, byWeight };
   } finally {
-    hyper?.remove();
-    net?.dispose();
-    applied?.remove();
-    if (lora) disposeLoraFile(lora);
+    adapter.remove();
     model.dispose();
   }
+}
+
+/** A style technique's file (a LoRA or a hypernetwork) applied to a model at weight 1, until removed. */
+export function applyStyleAdapter(model: StableDiffusion, technique: TechniqueKind, file: string): { setWeight: (w: number) => void; remove: () => void } {
+  if (technique !== 'lora' && technique !== 'hypernetwork') throw new Error(`${technique} is not a style technique (lora or hypernetwork)`);
+  const lora = technique === 'lora' ? loadLoraFile(file, model) : null;
+  const net = technique === 'hypernetwork' ? Hypernetwork.fromFile(file) : null;
+  const applied = lora ? applyLoraFiles(model, [{ lora }]) : null;
+  const hyper = net ? applyHypernetworks(model.unet, [{ net }]) : null;
+  return {
+    setWeight: (w) => (applied ? applied.setWeights(0, w) : hyper!.setStrength(w)),
+    remove: () => {
+      hyper?.remove();
+      net?.dispose();
+      applied?.remove();
+      if (lora) disposeLoraFile(lora);
+    },
+  };
 }
 
 function evaluate(

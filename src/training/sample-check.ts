@@ -16,6 +16,7 @@ import { nn } from '../torch/index.ts';
 import { generate, imagesToTensor } from '../sampling/pipeline.ts';
 import type { StableDiffusion } from '../models/load.ts';
 import type { PromptEmbeddings } from '../sampling/conditioning.ts';
+import type { RgbImage } from '../formats/png.ts';
 
 /** How the check draws and fits. Fixed: a run's curve must be comparable from one validation to the next. */
 export const SAMPLE_CHECK = {
@@ -178,18 +179,22 @@ export function prepareSampleCheck(
   }
 }
 
+/** The pictures the check draws from the model as it is now: for each prompt, perPrompt pictures at fixed seeds. */
+export function drawSamples(model: StableDiffusion, check: SampleCheck, embeddings?: PromptEmbeddings): RgbImage[][] {
+  return check.prompts.map((prompt, i) => generate(model, { ...drawAt(check.width, check.height), prompt, batch: check.perPrompt, seed: check.seed + 80021 + i, embeddings }).map((g) => g.image));
+}
+
 /** The model as it is now on the check's prompts and seeds: the detector's mean probability (0–1). */
 export function sampleScore(model: StableDiffusion, check: SampleCheck, embeddings?: PromptEmbeddings): number {
   let sum = 0;
   let n = 0;
-  check.prompts.forEach((prompt, i) => {
-    const images = generate(model, { ...drawAt(check.width, check.height), prompt, batch: check.perPrompt, seed: check.seed + 80021 + i, embeddings }).map((g) => g.image);
+  for (const images of drawSamples(model, check, embeddings)) {
     const x = imagesToTensor(images);
     try {
       for (const p of check.detector.probabilities(x)) [sum, n] = [sum + p, n + 1];
     } finally {
       x.dispose();
     }
-  });
+  }
   return sum / n;
 }

@@ -1,16 +1,18 @@
 // The sample check (src/training/sample-check.ts): the detector tells a look it was fitted on from
 // plain pictures it never saw, leaves the global RNG where it was, refuses too little data by name;
 // a run with the check logs a score at every validation, reads it in the meter, and trains exactly
-// as the same run without it.
+// as the same run without it; the check fitted again for a finished run scores its product as the run did.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import * as T from '../../src/torch/index.ts';
-import { detectorInput, fitDetector, prepareSampleCheck } from '../../src/training/sample-check.ts';
+import { detectorInput, drawSamples, fitDetector, prepareSampleCheck, sampleScore } from '../../src/training/sample-check.ts';
+import { applyLoraFiles, disposeLoraFile } from '../../src/adapters/lora.ts';
+import { loadLoraFile } from '../../src/adapters/lora-file.ts';
 import { loadStableDiffusion } from '../../src/models/load.ts';
 import { resolveTrainConfig } from '../../src/training/config.ts';
-import { describeTraining, runTraining } from '../../src/training/run.ts';
+import { describeTraining, runSampleCheck, runTraining } from '../../src/training/run.ts';
 import { SAMPLE_RANGE, recommendStop } from '../../src/training/meter.ts';
 import { encodePng } from '../../src/formats/png.ts';
 import { tempDir, writeCaptionedFolder } from '../helpers.ts';
@@ -105,7 +107,7 @@ test('a LoRA run with the sample check logs a score at each validation, the mete
     const messages: string[] = [];
     const c = resolveTrainConfig('lora', { flags: { model: ckpt, data, out: join(tmp.dir, `${name}.safetensors`), steps: 4, validateEvery: 2, checkpointEvery: 4, resolution: 64, bucketStep: 8, lr: 1e-2, seed: 4, sampleCheck } });
     const { result, workDir } = await runTraining(c, { onMessage: (m) => messages.push(m) });
-    return { result, workDir, messages };
+    return { result, workDir, messages, c };
   };
   const plan = await describeTraining(resolveTrainConfig('lora', { flags: { model: ckpt, data, out: join(tmp.dir, 'plan.safetensors'), steps: 4, validateEvery: 2, resolution: 64, bucketStep: 8, sampleCheck: 3 } }));
   assert.match(plan.text, /sample check: the base model draws up to 48 pictures before the first step, then 3 pictures are drawn at each of 2 validations \(15 sampling steps each\)\./);
@@ -127,4 +129,21 @@ test('a LoRA run with the sample check logs a score at each validation, the mete
   assert.deepEqual(on.result.records.map((r) => r.loss), off.result.records.map((r) => r.loss));
   assert.equal(off.result.records.some((r) => r.sample_score !== undefined), false);
   assert.equal(recommendStop(off.result.records)!.signal, 'held-out-loss');
+  // The check fitted again for the finished run (the benchmark's replay) scores its product as the run did at its last validation.
+  const base = loadStableDiffusion(ckpt, { hash: false });
+  const check = await runSampleCheck(base, on.c);
+  const lora = loadLoraFile(on.c.out!, base);
+  const applied = applyLoraFiles(base, [{ lora }]);
+  try {
+    // Within float rounding: the file's LoRA applied to the loaded model against the trainer's own layers.
+    const again = sampleScore(base, check);
+    assert.ok(Math.abs(again - validated[1].sample_score!) < 1e-6, `${again} against the logged ${validated[1].sample_score}`);
+    assert.deepEqual(drawSamples(base, check).map((g) => g.length), check.prompts.map(() => check.perPrompt));
+  } finally {
+    applied.remove();
+    disposeLoraFile(lora);
+    check.detector.dispose();
+    base.dispose();
+  }
+  await assert.rejects(runSampleCheck(base, off.c), { name: 'SampleCheckError', message: 'this run has no sample check (sampleCheck is 0)' });
 });

@@ -8,16 +8,19 @@
 // reproducible. One JSON line per run (printed as each run ends: the sweep takes a while), then a
 // summary line.
 import { mkdirSync, existsSync, rmSync } from 'node:fs';
-import { join } from 'node:path';
-import { resolveTrainConfig } from '../src/training/config.ts';
-import { runTraining } from '../src/training/run.ts';
+import { dirname, join } from 'node:path';
+import { resolveTrainConfig, type TrainConfig } from '../src/training/config.ts';
+import { runSampleCheck, runTraining } from '../src/training/run.ts';
+import { drawSamples } from '../src/training/sample-check.ts';
+import { imagesToTensor } from '../src/sampling/pipeline.ts';
+import { loadStableDiffusion } from '../src/models/load.ts';
 import { recommendStop, DEFAULT_METER, type MeterOptions } from '../src/training/meter.ts';
 import type { StepRecord } from '../src/training/loop.ts';
 import { snapshotPath } from '../src/training/loop.ts';
 import type { TechniqueKind } from '../src/training/technique.ts';
 import { loadJudge } from '../src/toy/judge.ts';
 import { TOY_JUDGE_PATH, TOY_MODEL_PATH } from '../src/toy/model.ts';
-import { DEMO_RUNS, baseResults, demoProbes, scoreProduct, writeConceptFolders } from '../src/toy/demo.ts';
+import { DEMO_RUNS, applyStyleAdapter, baseResults, demoProbes, scoreProduct, writeConceptFolders } from '../src/toy/demo.ts';
 import { round, type BenchLine } from './common.ts';
 
 interface SweepRun {
@@ -47,6 +50,24 @@ export function sweepRuns(scale = 1): SweepRun[] {
   ];
 }
 
+/**
+ * A sweep run's training config, its product's path and its validation interval, under `out`.
+ * SDTUNE_METER_SETTINGS='{"emaDecay":0.98}' adds settings to every run. The sample check is on:
+ * 32 pictures per validation (SDTUNE_METER_SETTINGS='{"sampleCheck":0}' turns it off).
+ */
+export function sweepConfig(r0: SweepRun, out: string): { r: SweepRun; c: TrainConfig; file: string; every: number } {
+  const extra = { sampleCheck: 32, ...(JSON.parse(process.env.SDTUNE_METER_SETTINGS ?? '{}') as Record<string, unknown>) };
+  const r = { ...r0, settings: { ...r0.settings, ...extra } };
+  const every = Math.max(1, Math.round(r.steps / 8));
+  const dir = join(out, r.name);
+  const data = join(out, 'data');
+  const file = join(dir, r.technique === 'hypernetwork' ? `${r.name}.pt` : `${r.name}.safetensors`);
+  const c = resolveTrainConfig(r.technique, {
+    flags: { ...r.settings, steps: r.steps, validateEvery: every, checkpointEvery: every, snapshots: true, model: TOY_MODEL_PATH, data: join(data, r.concept), validationData: join(data, `${r.concept}-heldout`), out: file, workDir: join(dir, 'work') },
+  });
+  return { r, c, file, every };
+}
+
 export async function benchToyMeter(o: { scale?: number; probeCount?: number; out?: string; onLine?: (l: BenchLine) => void } = {}): Promise<BenchLine[]> {
   const scale = o.scale ?? Number(process.env.SDTUNE_METER_SCALE ?? 1);
   const out = o.out ?? join('out', 'bench-toy-meter');
@@ -60,19 +81,11 @@ export async function benchToyMeter(o: { scale?: number; probeCount?: number; ou
   const base = baseResults(TOY_MODEL_PATH, judge, probes);
   const lines: BenchLine[] = [];
   try {
-    // SDTUNE_METER_RUNS=name,name runs a subset; SDTUNE_METER_SETTINGS='{"emaDecay":0.98}' adds settings to every run.
+    // SDTUNE_METER_RUNS=name,name runs a subset.
     const only = process.env.SDTUNE_METER_RUNS?.split(',').map((x) => x.trim()).filter(Boolean);
-    // The sample check is on by default: 32 pictures per validation (SDTUNE_METER_SETTINGS='{"sampleCheck":0}' turns it off).
-    const extra = { sampleCheck: 32, ...(JSON.parse(process.env.SDTUNE_METER_SETTINGS ?? '{}') as Record<string, unknown>) };
     for (const r0 of sweepRuns(scale).filter((x) => !only || only.includes(x.name))) {
-      const r = { ...r0, settings: { ...r0.settings, ...extra } };
-      const every = Math.max(1, Math.round(r.steps / 8));
-      const dir = join(out, r.name);
-      mkdirSync(dir, { recursive: true });
-      const file = join(dir, r.technique === 'hypernetwork' ? `${r.name}.pt` : `${r.name}.safetensors`);
-      const c = resolveTrainConfig(r.technique, {
-        flags: { ...r.settings, steps: r.steps, validateEvery: every, checkpointEvery: every, snapshots: true, model: TOY_MODEL_PATH, data: join(data, r.concept), validationData: join(data, `${r.concept}-heldout`), out: file, workDir: join(dir, 'work') },
-      });
+      const { r, c, file, every } = sweepConfig(r0, out);
+      mkdirSync(dirname(file), { recursive: true });
       const t0 = Date.now();
       const { result } = await runTraining(c);
       const trainS = (Date.now() - t0) / 1000;
@@ -104,6 +117,8 @@ export async function benchToyMeter(o: { scale?: number; probeCount?: number; ou
 }
 
 type GroundTruth = { step: number; score: number; fidelity?: number; preservation?: number; pictures?: number };
+const bestOf = (gt: readonly GroundTruth[]) => gt.reduce((a, b) => (b.score > a.score ? b : a), gt[0]);
+const mean = (xs: readonly number[]) => xs.reduce((a, x) => a + x, 0) / xs.length;
 export interface SweepResult {
   run: string;
   technique: TechniqueKind;
@@ -117,7 +132,7 @@ export interface SweepResult {
 export function runLine(r: SweepResult): BenchLine {
   const gt = r.ground_truth;
   const rec = recommendStop(r.log as unknown as StepRecord[]);
-  const best = gt.reduce((a, b) => (b.score > a.score ? b : a), gt[0]);
+  const best = bestOf(gt);
   const atRec = gt.find((g) => g.step === rec?.step) ?? gt[gt.length - 1];
   return {
     name: 'toy-meter', run: r.run, technique: r.technique, steps: r.steps, train_s: r.train_s,
@@ -206,4 +221,76 @@ export function calibrateMeter(runs: readonly SweepResult[]): BenchLine {
       last_step_hits: runs.filter((r) => isHitWithinNoise(r.ground_truth, r.ground_truth[r.ground_truth.length - 1]?.step)).length,
     },
   };
+}
+
+/**
+ * The sample check's detector against the judge, on a recorded sweep's style runs (no training).
+ * Each validation's snapshot draws the check's pictures again — the run's own prompts and seeds —
+ * and they are scored twice: by the run's detector, fitted again as the run fitted it (so it
+ * reproduces the logged sample score), and by the judge in its place. The meter is then run on
+ * both. Where the meter with the judge hits and with the detector misses, the detector is what
+ * fails; where both miss, the rule or the check's prompts do. Needs the sweep's snapshots and data
+ * in `out` (DreamBooth's snapshots are deleted once scored, and the subject runs follow the
+ * concept gap: only the style runs are replayed).
+ */
+export async function benchToyMeterOracle(o: { log: readonly SweepResult[]; out?: string; onLine?: (l: BenchLine) => void }): Promise<BenchLine[]> {
+  const out = o.out ?? join('out', 'bench-toy-meter');
+  const { judge } = loadJudge(TOY_JUDGE_PATH);
+  const lines: BenchLine[] = [];
+  try {
+    for (const rec of o.log) {
+      const r0 = sweepRuns().find((x) => x.name === rec.run && x.steps === rec.steps);
+      if (!r0 || r0.concept !== 'style' || !rec.log?.every((x) => x.sample_score !== undefined)) continue;
+      const { r, c, file } = sweepConfig(r0, out);
+      const ext = r.technique === 'hypernetwork' ? '.pt' : '.safetensors';
+      const model = loadStableDiffusion(TOY_MODEL_PATH, { hash: false });
+      const check = await runSampleCheck(model, c);
+      try {
+        const detector: number[] = [];
+        const judged: number[] = [];
+        for (const x of rec.log) {
+          const snap = snapshotPath(file, ext, x.step);
+          const path = existsSync(snap) ? snap : x.step === r.steps && existsSync(file) ? file : null;
+          if (!path) throw new Error(`${snap} is missing: replay a sweep whose snapshots are still in ${out} (npm run bench -- toy-meter writes them)`);
+          const adapter = applyStyleAdapter(model, r.technique, path);
+          try {
+            const images = drawSamples(model, check).flat();
+            const t = imagesToTensor(images);
+            try {
+              detector.push(mean(check.detector.probabilities(t)));
+            } finally {
+              t.dispose();
+            }
+            judged.push(mean(judge.judge(images).map((v) => Number(v.style))));
+          } finally {
+            adapter.remove();
+          }
+        }
+        const replayError = Math.max(...rec.log.map((x, i) => Math.abs(detector[i] - x.sample_score!)));
+        if (replayError > 0.01) throw new Error(`${rec.run}: the snapshots in ${out} do not give the logged sample scores (off by up to ${replayError.toFixed(3)}): they are not this log's run, or the code changed since; record the sweep again (npm run bench -- toy-meter) and replay its log (SDTUNE_METER_LOG)`);
+        const withScores = (xs: number[]) => rec.log.map((x, i) => ({ ...x, sample_score: xs[i] }) as StepRecord);
+        const meter = recommendStop(withScores(detector));
+        const oracle = recommendStop(withScores(judged));
+        const line: BenchLine = {
+          name: 'toy-meter-oracle', run: rec.run, gt_best_step: bestOf(rec.ground_truth).step,
+          meter_step: meter?.step ?? null, meter_within_10pct: isHit(rec.ground_truth, meter?.step),
+          judge_step: oracle?.step ?? null, judge_within_10pct: isHit(rec.ground_truth, oracle?.step), judge_within_noise: isHitWithinNoise(rec.ground_truth, oracle?.step),
+          // The replay is faithful when the detector's scores equal the logged ones.
+          replay_max_error: round(replayError, 4),
+          detector: detector.map((v) => round(v)), judge: judged.map((v) => round(v)),
+          fidelity: rec.ground_truth.map((g) => g.fidelity ?? null),
+        };
+        lines.push(line);
+        o.onLine?.(line);
+      } finally {
+        check.detector.dispose();
+        model.dispose();
+      }
+    }
+  } finally {
+    judge.dispose();
+  }
+  const n = (k: string) => lines.filter((l) => l[k] === true).length;
+  lines.push({ name: 'toy-meter-oracle-summary', runs: lines.length, meter_within_10pct: n('meter_within_10pct'), judge_within_10pct: n('judge_within_10pct'), judge_within_noise: n('judge_within_noise') });
+  return lines;
 }

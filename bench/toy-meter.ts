@@ -240,7 +240,7 @@ export async function benchToyMeterOracle(o: { log: readonly SweepResult[]; out?
   try {
     for (const rec of o.log) {
       const r0 = sweepRuns().find((x) => x.name === rec.run && x.steps === rec.steps);
-      if (!r0 || r0.concept !== 'style' || !rec.log?.every((x) => x.sample_score !== undefined)) continue;
+      if (!r0 || r0.concept !== 'style' || !rec.log?.length) continue;
       const { r, c, file } = sweepConfig(r0, out);
       const ext = r.technique === 'hypernetwork' ? '.pt' : '.safetensors';
       const model = loadStableDiffusion(TOY_MODEL_PATH, { hash: false });
@@ -266,7 +266,9 @@ export async function benchToyMeterOracle(o: { log: readonly SweepResult[]; out?
             adapter.remove();
           }
         }
-        const replayError = Math.max(...rec.log.map((x, i) => Math.abs(detector[i] - x.sample_score!)));
+        // A run whose check was turned off (its held-out AUC too low) logged no scores to compare with.
+        const logged = rec.log.every((x) => x.sample_score !== undefined);
+        const replayError = logged ? Math.max(...rec.log.map((x, i) => Math.abs(detector[i] - x.sample_score!))) : NaN;
         if (replayError > 0.01) throw new Error(`${rec.run}: the snapshots in ${out} do not give the logged sample scores (off by up to ${replayError.toFixed(3)}): they are not this log's run, or the code changed since; record the sweep again (npm run bench -- toy-meter) and replay its log (SDTUNE_METER_LOG)`);
         const withScores = (xs: number[]) => rec.log.map((x, i) => ({ ...x, sample_score: xs[i] }) as StepRecord);
         const meter = recommendStop(withScores(detector));
@@ -275,8 +277,8 @@ export async function benchToyMeterOracle(o: { log: readonly SweepResult[]; out?
           name: 'toy-meter-oracle', run: rec.run, gt_best_step: bestOf(rec.ground_truth).step,
           meter_step: meter?.step ?? null, meter_within_10pct: isHit(rec.ground_truth, meter?.step),
           judge_step: oracle?.step ?? null, judge_within_10pct: isHit(rec.ground_truth, oracle?.step), judge_within_noise: isHitWithinNoise(rec.ground_truth, oracle?.step),
-          // The replay is faithful when the detector's scores equal the logged ones.
-          replay_max_error: round(replayError, 4),
+          // The replay is faithful when the detector's scores equal the logged ones (null: none logged, the check was off).
+          replay_max_error: logged ? round(replayError, 4) : null, held_out_auc: check.heldOut ? round(check.heldOut.auc) : null,
           detector: detector.map((v) => round(v)), judge: judged.map((v) => round(v)),
           fidelity: rec.ground_truth.map((g) => g.fidelity ?? null),
         };

@@ -87,7 +87,7 @@ export const TRAIN_FIELDS = {
   validateEvery: { kind: 'integer', help: 'compute the validation and prior-drift losses every N steps', default: 25, min: 1 },
   validationData: { kind: 'string', help: 'folder of held-out images (captions beside them) for the validation loss (default: 4 training images)' },
   priorPrompts: { kind: 'string[]', help: 'ordinary prompts for the prior-drift meter (default: the class prompt)' },
-  sampleCheck: { kind: 'integer', help: 'at each validation, draw N pictures and score how many show the concept, with a detector fitted on the training pictures against the base model\'s (the meter then reads it; 0 = off)', default: 0, min: 0 },
+  sampleCheck: { kind: 'integer', help: 'at each validation, draw N pictures and score how many show the concept, with a detector fitted on the training pictures against the base model\'s (the meter then reads it; 0 = off). With held-out pictures the detector is tested on them first, and the check is turned off if it cannot tell them from the base model\'s', default: 0, min: 0 },
   initFrom: { kind: 'string', help: 'continue training from a LoRA, embedding or hypernetwork file: it starts from that file\'s weights, and its rank, vectors or layer structure (kohya\'s --network_weights, A1111\'s continued training)', for: ['lora', 'embedding', 'hypernetwork'] },
   earlyStop: { kind: 'integer', help: 'stop once the meter\'s recommended step has stood for N validations (0 = off)', default: 0, min: 0 },
 } as const satisfies Record<string, Field>;

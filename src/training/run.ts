@@ -9,7 +9,7 @@ import { Dataset, loadTemplate, type DatasetOptions } from './dataset.ts';
 import { DatasetTrainData } from './data.ts';
 import * as T from '../torch/index.ts';
 import { Trainer, TrainingError, withoutWord, type StepRecord, type TrainResult } from './loop.ts';
-import { SAMPLE_CHECK, SampleCheckError, prepareSampleCheck, sampleScore, type SampleCheck } from './sample-check.ts';
+import { SAMPLE_CHECK, SampleCheckError, prepareSampleCheck, sampleScore, untrustedCheck, type SampleCheck } from './sample-check.ts';
 import { FILEWORDS, classPromptsFor, ensureClassImages } from './class-images.ts';
 import type { TrainConfig } from './config.ts';
 import type { Technique } from './technique.ts';
@@ -248,9 +248,16 @@ export async function runTraining(c: TrainConfig, o: RunTrainingOptions = {}): P
     for (const w of ds.warnings) o.onMessage?.(`warning: ${w}`);
     for (const s of ds.skipped) o.onMessage?.(`skipped: ${s.message}`);
     // Fitted on the base model, before the technique changes anything.
-    const sc = (c.sampleCheck ?? 0) > 0 ? await fitSampleCheck(model, c, ds, validation) : null;
+    let sc = (c.sampleCheck ?? 0) > 0 ? await fitSampleCheck(model, c, ds, validation) : null;
+    // A detector that cannot tell held-out pictures from the base model's would lead the meter astray.
+    const untrusted = sc ? untrustedCheck(sc) : null;
+    if (sc && untrusted) {
+      o.onMessage?.(`warning: ${untrusted}`);
+      sc.detector.dispose();
+      sc = null;
+    }
     check = sc;
-    if (sc) o.onMessage?.(`sample check: a detector fitted on the training pictures against the base model's scores them ${sc.fit.positives.toFixed(2)} and ${sc.fit.negatives.toFixed(2)}; it will score ${sc.prompts.length * sc.perPrompt} pictures at each validation`);
+    if (sc) o.onMessage?.(`sample check: a detector fitted on the training pictures against the base model's scores them ${sc.fit.positives.toFixed(2)} and ${sc.fit.negatives.toFixed(2)}${sc.heldOut ? `, and tells held-out pictures from the base model's in ${Math.round(sc.heldOut.auc * 100)} % of pairs` : ' (no held-out pictures to test it on)'}; it will score ${sc.prompts.length * sc.perPrompt} pictures at each validation`);
     technique = makeTechnique(model, c);
     if (technique.continued) o.onMessage?.(technique.continued);
     checkEmbeddingCaptions(technique, ds, steps * accum, accum);
@@ -319,12 +326,13 @@ async function datasetPictures(ds: Dataset, captionsOnly = false): Promise<{ cap
 /** The sample check of a run (sample-check.ts): the held-out captions are drawn (else the training captions). */
 async function fitSampleCheck(model: StableDiffusion, c: TrainConfig, ds: Dataset, validation: Dataset | undefined): Promise<SampleCheck> {
   const { captions, pictures } = await datasetPictures(ds);
+  const held = validation ? await datasetPictures(validation) : undefined;
   try {
-    const prompts = validation ? (await datasetPictures(validation, true)).captions : captions;
+    const prompts = held ? held.captions : captions;
     const side = datasetOptions(model, c, undefined).resolution as number;
     const word = conceptWordOf(c);
-    return prepareSampleCheck(model, { pictures, captions, prompts, without: (x) => (word ? withoutWord(x, word) : x), count: c.sampleCheck!, width: side, height: side, seed: c.seed });
+    return prepareSampleCheck(model, { pictures, captions, prompts, without: (x) => (word ? withoutWord(x, word) : x), count: c.sampleCheck!, width: side, height: side, seed: c.seed, heldOut: held });
   } finally {
-    for (const p of pictures) p.dispose();
+    for (const p of [...pictures, ...(held?.pictures ?? [])]) p.dispose();
   }
 }

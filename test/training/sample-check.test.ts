@@ -1,13 +1,14 @@
 // The sample check (src/training/sample-check.ts): the detector tells a look it was fitted on from
 // plain pictures it never saw, leaves the global RNG where it was, refuses too little data by name;
 // a run with the check logs a score at every validation, reads it in the meter, and trains exactly
-// as the same run without it; the check fitted again for a finished run scores its product as the run did.
+// as the same run without it; held-out pictures test the detector first, and one that cannot tell
+// them from the base model's turns the check off (by name); the check fitted again for a finished run scores its product as the run did.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import * as T from '../../src/torch/index.ts';
-import { detectorInput, drawSamples, fitDetector, prepareSampleCheck, sampleScore } from '../../src/training/sample-check.ts';
+import { detectorInput, drawSamples, fitDetector, prepareSampleCheck, rocAuc, sampleScore, untrustedCheck } from '../../src/training/sample-check.ts';
 import { applyLoraFiles, disposeLoraFile } from '../../src/adapters/lora.ts';
 import { loadLoraFile } from '../../src/adapters/lora-file.ts';
 import { loadStableDiffusion } from '../../src/models/load.ts';
@@ -25,6 +26,13 @@ before(() => {
   ckpt = writeTinyCheckpoint(tmp.dir);
 });
 after(() => tmp.cleanup());
+
+/** A 64×64 PNG: a square of level w on a ground of level v. */
+function square(v: number, w: number): Buffer {
+  const px = new Uint8Array(64 * 64 * 3).fill(v);
+  for (let y = 16; y < 48; y++) for (let x = 16; x < 48; x++) px.fill(w, (y * 64 + x) * 3, (y * 64 + x) * 3 + 3);
+  return encodePng({ width: 64, height: 64, channels: 3, data: px });
+}
 
 /** n pictures [n, 3, 32, 32] in [-1, 1]: vertical stripes of period 4 (phase and levels varied), or flat colours. */
 function pictures(kind: 'stripes' | 'flat', n: number, seed: number): T.Tensor {
@@ -93,11 +101,6 @@ test('too little to fit on, or a count that is no count, is refused by name', ()
 });
 
 test('a LoRA run with the sample check logs a score at each validation, the meter reads it, and the training is the same as without it', async () => {
-  const square = (v: number, w: number) => {
-    const px = new Uint8Array(64 * 64 * 3).fill(v);
-    for (let y = 16; y < 48; y++) for (let x = 16; x < 48; x++) px.fill(w, (y * 64 + x) * 3, (y * 64 + x) * 3 + 3);
-    return encodePng({ width: 64, height: 64, channels: 3, data: px });
-  };
   const data = writeCaptionedFolder(join(tmp.dir, 'check-data'), [
     { name: 'a', caption: 'a bright square', png: square(30, 220) },
     { name: 'b', caption: 'a dark square', png: square(220, 30) },
@@ -119,7 +122,7 @@ test('a LoRA run with the sample check logs a score at each validation, the mete
   for (const r of validated) assert.ok(r.sample_score! >= 0 && r.sample_score! <= 1, `a share (${r.sample_score})`);
   const logged = readFileSync(join(on.workDir, 'log.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
   assert.deepEqual(logged.filter((r) => r.sample_score !== undefined).map((r) => r.sample_score), validated.map((r) => r.sample_score));
-  assert.match(on.messages.join('\n'), /sample check: a detector fitted on the training pictures against the base model's scores them \d\.\d\d and \d\.\d\d; it will score 3 pictures at each validation/);
+  assert.match(on.messages.join('\n'), /sample check: a detector fitted on the training pictures against the base model's scores them \d\.\d\d and \d\.\d\d \(no held-out pictures to test it on\); it will score 3 pictures at each validation/);
   // The meter follows the score when it moves over the run (meter.test.ts has both cases on set logs).
   const apart = on.result.records.map((r) => (r.step === 4 && r.sample_score !== undefined ? { ...r, sample_score: r.sample_score + 0.5 } : r));
   assert.equal(recommendStop(apart)!.signal, 'samples', 'the run\'s records, with scores that move, are read by their scores');
@@ -146,4 +149,47 @@ test('a LoRA run with the sample check logs a score at each validation, the mete
     base.dispose();
   }
   await assert.rejects(runSampleCheck(base, off.c), { name: 'SampleCheckError', message: 'this run has no sample check (sampleCheck is 0)' });
+});
+
+test('rocAuc: the chance a positive scores above a negative, ties counting half', () => {
+  assert.equal(rocAuc([0.9, 0.8], [0.1, 0.2]), 1);
+  assert.equal(rocAuc([0.1], [0.9]), 0);
+  assert.equal(rocAuc([0.5, 0.9], [0.5, 0.1]), (0.5 + 1 + 1 + 1) / 4);
+});
+
+test('a detector that cannot tell held-out pictures from the base model\'s turns the check off, saying why and what to do', () => {
+  assert.equal(untrustedCheck({}), null, 'nothing to test it on: followed');
+  assert.equal(untrustedCheck({ heldOut: { auc: 0.95, pictures: 8 } }), null);
+  assert.equal(untrustedCheck({ heldOut: { auc: 0.78125, pictures: 8 } }), "the sample check is off: its detector told the 8 held-out pictures from the base model's in 78 % of pairs, and it needs 90 %; the meter reads the losses instead. More training pictures, or held-out pictures more like them, may make it usable");
+});
+
+test('with held-out pictures a run tests its detector on them first, and says how well it told them apart', async () => {
+  const data = writeCaptionedFolder(join(tmp.dir, 'gate-data'), [
+    { name: 'a', caption: 'a bright square', png: square(30, 220) },
+    { name: 'b', caption: 'a dark square', png: square(220, 30) },
+    { name: 'c', caption: 'a grey square', png: square(120, 250) },
+  ]);
+  const held = writeCaptionedFolder(join(tmp.dir, 'gate-held'), [
+    { name: 'd', caption: 'a pale square', png: square(40, 200) },
+    { name: 'e', caption: 'a deep square', png: square(200, 40) },
+  ]);
+  const messages: string[] = [];
+  const c = resolveTrainConfig('lora', { flags: { model: ckpt, data, validationData: held, out: join(tmp.dir, 'gate.safetensors'), steps: 2, validateEvery: 2, checkpointEvery: 2, resolution: 64, bucketStep: 8, lr: 1e-2, seed: 4, sampleCheck: 2 } });
+  const { result } = await runTraining(c, { onMessage: (m) => messages.push(m) });
+  const m = /tells held-out pictures from the base model's in (\d+) % of pairs; it will score 2 pictures at each validation/.exec(messages.join('\n'));
+  assert.ok(m && Number(m[1]) >= 90, messages.join('\n'));
+  const validated = result.records.filter((r) => r.val_loss !== undefined);
+  assert.equal(validated.length, 1);
+  assert.ok(validated[0].sample_score! >= 0 && validated[0].sample_score! <= 1);
+  // The same test, by the check fitted again: its AUC, over the 2 held-out pictures.
+  const base = loadStableDiffusion(ckpt, { hash: false });
+  const check = await runSampleCheck(base, c);
+  try {
+    assert.equal(check.heldOut!.pictures, 2);
+    assert.equal(Math.round(check.heldOut!.auc * 100), Number(m![1]));
+    assert.equal(untrustedCheck(check), null);
+  } finally {
+    check.detector.dispose();
+    base.dispose();
+  }
 });

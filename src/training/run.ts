@@ -192,7 +192,7 @@ export async function describeTraining(c: TrainConfig, o: { device?: string } = 
     else if (accum > 1) lines.push(`with gradient accumulation ${accum}: ${steps} optimizer steps.`);
     if ((c.sampleCheck ?? 0) > 0) {
       const every = c.validateEvery ?? 25;
-      lines.push(`sample check: the base model draws up to ${SAMPLE_CHECK.maxCaptions * SAMPLE_CHECK.negativesPerCaption} pictures before the first step, then ${c.sampleCheck} pictures are drawn at each of ${Math.ceil(steps / every)} validations (${SAMPLE_CHECK.steps} sampling steps each).`);
+      lines.push(`sample check: the base model draws up to ${SAMPLE_CHECK.maxCaptions * SAMPLE_CHECK.negativesPerCaption} pictures before the first step, then ${c.sampleCheck} pictures are drawn at each of ${Math.ceil(steps / every)} validations (${SAMPLE_CHECK.steps} sampling steps each).${c.validationData !== undefined ? ` The detector is first tested on the held-out pictures, against one base-model picture per held-out caption; below an AUC of ${SAMPLE_CHECK.minHeldOutAuc} the check is turned off.` : ''}`);
     }
     technique = makeTechnique(model, c);
     if (technique.continued) lines.push(`${technique.continued}.`);

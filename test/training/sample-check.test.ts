@@ -174,6 +174,8 @@ test('with held-out pictures a run tests its detector on them first, and says ho
     { name: 'e', caption: 'a deep square', png: square(200, 40) },
   ]);
   const messages: string[] = [];
+  const plan = await describeTraining(resolveTrainConfig('lora', { flags: { model: ckpt, data, validationData: held, out: join(tmp.dir, 'gate-plan.safetensors'), steps: 2, validateEvery: 2, resolution: 64, bucketStep: 8, sampleCheck: 2 } }));
+  assert.match(plan.text, /\(15 sampling steps each\)\. The detector is first tested on the held-out pictures, against one base-model picture per held-out caption; below an AUC of 0\.9 the check is turned off\./);
   const c = resolveTrainConfig('lora', { flags: { model: ckpt, data, validationData: held, out: join(tmp.dir, 'gate.safetensors'), steps: 2, validateEvery: 2, checkpointEvery: 2, resolution: 64, bucketStep: 8, lr: 1e-2, seed: 4, sampleCheck: 2 } });
   const { result } = await runTraining(c, { onMessage: (m) => messages.push(m) });
   const m = /tells held-out pictures from the base model's in (\d+) % of pairs; it will score 2 pictures at each validation/.exec(messages.join('\n'));

@@ -225,13 +225,14 @@ function heldOutAuc(
   base: StableDiffusion, detector: ConceptDetector, held: { pictures: readonly T.Tensor[]; captions: readonly string[] }, without: (c: string) => string,
   draw: ReturnType<typeof drawAt>, seed: number,
 ): { auc: number; pictures: number } {
-  const x = throughVae(base, held.pictures);
   const images = unique(held.captions).slice(0, SAMPLE_CHECK.maxCaptions).map((c, i) => generate(base, { ...draw, prompt: without(c), batch: 1, seed: seed + 70501 + i })[0].image);
   const negatives = imagesToTensor(images);
+  let x: T.Tensor | null = null;
   try {
+    x = throughVae(base, held.pictures);
     return { auc: rocAuc(detector.probabilities(x), detector.probabilities(negatives)), pictures: held.pictures.length };
   } finally {
-    x.dispose();
+    x?.dispose();
     negatives.dispose();
   }
 }

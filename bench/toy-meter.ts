@@ -11,8 +11,7 @@ import { mkdirSync, existsSync, rmSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { resolveTrainConfig, type TrainConfig } from '../src/training/config.ts';
 import { runSampleCheck, runTraining } from '../src/training/run.ts';
-import { drawSamples } from '../src/training/sample-check.ts';
-import { imagesToTensor } from '../src/sampling/pipeline.ts';
+import { drawSamples, scoreSamples } from '../src/training/sample-check.ts';
 import { loadStableDiffusion } from '../src/models/load.ts';
 import { recommendStop, DEFAULT_METER, type MeterOptions } from '../src/training/meter.ts';
 import type { StepRecord } from '../src/training/loop.ts';
@@ -254,14 +253,9 @@ export async function benchToyMeterOracle(o: { log: readonly SweepResult[]; out?
           if (!path) throw new Error(`${snap} is missing: replay a sweep whose snapshots are still in ${out} (npm run bench -- toy-meter writes them)`);
           const adapter = applyStyleAdapter(model, r.technique, path);
           try {
-            const images = drawSamples(model, check).flat();
-            const t = imagesToTensor(images);
-            try {
-              detector.push(mean(check.detector.probabilities(t)));
-            } finally {
-              t.dispose();
-            }
-            judged.push(mean(judge.judge(images).map((v) => Number(v.style))));
+            const drawn = drawSamples(model, check);
+            detector.push(scoreSamples(check, drawn));
+            judged.push(mean(judge.judge(drawn.flat()).map((v) => Number(v.style))));
           } finally {
             adapter.remove();
           }

@@ -304,8 +304,8 @@ export async function runTraining(c: TrainConfig, o: RunTrainingOptions = {}): P
 /** The concept's word, where the technique has one (DreamBooth's token, the embedding's name). */
 const conceptWordOf = (c: TrainConfig): string | undefined => (c.technique === 'dreambooth' || c.technique === 'embedding' ? c.token : undefined);
 
-/** Captions and (unless captionsOnly) decoded pictures of a dataset's own pictures (class images left out), one per picture. */
-async function datasetPictures(ds: Dataset, captionsOnly = false): Promise<{ captions: string[]; pictures: T.Tensor[] }> {
+/** Captions and decoded pictures of a dataset's own pictures (class images left out), one per picture. */
+async function datasetPictures(ds: Dataset): Promise<{ captions: string[]; pictures: T.Tensor[] }> {
   const seen = new Set<number>();
   const captions: string[] = [];
   const pictures: T.Tensor[] = [];
@@ -314,7 +314,6 @@ async function datasetPictures(ds: Dataset, captionsOnly = false): Promise<{ cap
       if (item.sample.isClass || seen.has(item.sample.index)) continue;
       seen.add(item.sample.index);
       captions.push(item.caption || item.sample.caption);
-      if (captionsOnly) continue;
       const px = await ds.loadItem(item);
       px.mask?.dispose();
       pictures.push(px.pixels);

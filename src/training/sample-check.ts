@@ -239,9 +239,14 @@ function heldOutAuc(
 
 /** The model as it is now on the check's prompts and seeds: the detector's mean probability (0–1). */
 export function sampleScore(model: StableDiffusion, check: SampleCheck, embeddings?: PromptEmbeddings): number {
+  return scoreSamples(check, drawSamples(model, check, embeddings));
+}
+
+/** The detector's mean probability over pictures drawn as drawSamples draws them (scored a prompt's batch at a time). */
+export function scoreSamples(check: SampleCheck, drawn: readonly (readonly RgbImage[])[]): number {
   let sum = 0;
   let n = 0;
-  for (const images of drawSamples(model, check, embeddings)) {
+  for (const images of drawn) {
     const x = imagesToTensor(images);
     try {
       for (const p of check.detector.probabilities(x)) [sum, n] = [sum + p, n + 1];

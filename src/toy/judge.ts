@@ -10,7 +10,8 @@ import { SafetensorsFile, saveSafetensors } from '../formats/safetensors.ts';
 import type { RgbImage } from '../formats/png.ts';
 import type { AutoencoderKL } from '../models/vae.ts';
 import { imagesToTensor as batchToTensor, tensorToImages } from '../sampling/pipeline.ts';
-import { BACKGROUNDS, COLOURS, PATTERNS, POSITIONS, SHAPES, SIZES, SUBJECT_SIZE, ToyRng, renderScene, sampleSceneFrom, type SceneAttrs } from './world.ts';
+import { BACKGROUNDS, COLOURS, PATTERNS, POSITIONS, SHAPES, SIZES, SUBJECT_SIZE, renderScene, sampleSceneFrom, type SceneAttrs } from './world.ts';
+import { Rng } from '../rng.ts';
 
 const { nn } = T;
 
@@ -164,7 +165,7 @@ export function vaeRoundTrip(vae: AutoencoderKL, images: readonly RgbImage[]): R
 
 /** One labelled picture of the judge's sets: 30 % are the subject (large, as it always is), 30 % in the outline style. */
 export function judgeExample(seed: number, index: number): { image: RgbImage; labels: Labels } {
-  const rng = ToyRng.derive(seed, 'judge', index);
+  const rng = Rng.derive(seed, 'judge', index);
   let attrs = sampleSceneFrom(rng);
   const subject = rng.next() < 0.3;
   const style = rng.next() < 0.3;
@@ -261,8 +262,8 @@ export function trainJudge(o: TrainJudgeOptions): { judge: ToyJudge; accuracy: J
   try {
     for (let s = 0; s < o.steps; s++) {
       opt.setLr([lr0 * 0.5 * (1 + Math.cos((Math.PI * s) / o.steps))]);
-      const rng = ToyRng.derive(seed, 'judge-batch', s);
-      const ids = Array.from({ length: batch }, () => Math.floor(rng.next() * poolSize));
+      const rng = Rng.derive(seed, 'judge-batch', s);
+      const ids = Array.from({ length: batch }, () => rng.int(poolSize));
       loss = T.tidy(() => {
         const x = augment(imagesToTensor(ids.map((i) => pool.images[i])), gen);
         const l = judge.loss(x, ids.map((i) => pool.labels[i]));

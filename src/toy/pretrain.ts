@@ -22,7 +22,8 @@ import { ClipTokenizer } from '../text/tokenizer.ts';
 import { Trainer, type StepRecord, type TrainBatch, type TrainData } from '../training/loop.ts';
 import { DreamBoothTechnique } from '../training/techniques/dreambooth.ts';
 import { imagesToTensor } from '../sampling/pipeline.ts';
-import { ToyRng, caption, codecImage, renderScene, sampleScene } from './world.ts';
+import { caption, codecImage, renderScene, sampleScene } from './world.ts';
+import { Rng } from '../rng.ts';
 
 /** 32×32 → 8×8×4. */
 export const TOY_VAE: VAEConfig = { inChannels: 3, outChannels: 3, latentChannels: 4, blockOutChannels: [32, 64, 64], layersPerBlock: 1, normGroups: 16, scalingFactor: 1, sampleSize: 32 };
@@ -77,13 +78,7 @@ export class WorldTrainData implements TrainData {
     return Math.floor(this.scenes / this.batchSize);
   }
   private order(epoch: number): number[] {
-    const rng = ToyRng.derive(this.seed, 'order', epoch);
-    const ids = Array.from({ length: this.scenes }, (_, i) => i);
-    for (let i = ids.length - 1; i > 0; i--) {
-      const j = Math.floor(rng.next() * (i + 1));
-      [ids[i], ids[j]] = [ids[j], ids[i]];
-    }
-    return ids;
+    return Rng.derive(this.seed, 'order', epoch).shuffle(Array.from({ length: this.scenes }, (_, i) => i));
   }
   private cachedEpoch = -1;
   private cachedOrder: number[] = [];
@@ -93,7 +88,7 @@ export class WorldTrainData implements TrainData {
       this.cachedEpoch = epoch;
     }
     const ids = this.cachedOrder.slice(index * this.batchSize, (index + 1) * this.batchSize);
-    const rng = ToyRng.derive(this.seed, 'captions', epoch, index);
+    const rng = Rng.derive(this.seed, 'captions', epoch, index);
     return {
       pixels: imagesToTensor(ids.map((i) => this.images[i])),
       captions: ids.map((i) => (rng.next() < this.emptyCaptions ? '' : this.captions[i])),
@@ -120,8 +115,8 @@ export class CodecData {
   }
   /** Batch `step` of pixels, [B, 3, 32, 32] in [-1, 1]. */
   pixels(step: number): T.Tensor {
-    const rng = ToyRng.derive(this.seed, 'vae', step);
-    return imagesToTensor(Array.from({ length: this.batchSize }, () => this.images[Math.floor(rng.next() * this.count)]));
+    const rng = Rng.derive(this.seed, 'vae', step);
+    return imagesToTensor(Array.from({ length: this.batchSize }, () => this.images[rng.int(this.count)]));
   }
 }
 

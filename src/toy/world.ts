@@ -14,6 +14,7 @@ import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { writeFileAtomic } from '../formats/atomic.ts';
 import { writePng, type RgbImage } from '../formats/png.ts';
+import { Rng } from '../rng.ts';
 
 // ---- attributes ----------------------------------------------------------------------------
 
@@ -70,61 +71,8 @@ const BACKGROUND_RGB: Readonly<Record<Background, { base: readonly [number, numb
   cyan: { base: [40, 200, 210], stripe: [15, 125, 140] },
 };
 
-// ---- deterministic randomness ----------------------------------------------------------------
-
-/**
- * sfc32 seeded from a cyrb128 hash of (seed, keys), as src/training/dataset.ts's Rng (not imported:
- * the world sits below training). A stream is named, so scene 17 is the same whatever came before.
- */
-export class ToyRng {
-  private readonly s: Uint32Array;
-  private constructor(state: ArrayLike<number>) {
-    this.s = Uint32Array.from(state);
-  }
-  static derive(seed: number | string, ...keys: (number | string)[]): ToyRng {
-    const text = [String(seed), ...keys.map(String)].join('\u0000');
-    let h1 = 1779033703, h2 = 3144134277, h3 = 1013904242, h4 = 2773480762;
-    for (let i = 0; i < text.length; i++) {
-      const k = text.charCodeAt(i);
-      h1 = h2 ^ Math.imul(h1 ^ k, 597399067);
-      h2 = h3 ^ Math.imul(h2 ^ k, 2869860233);
-      h3 = h4 ^ Math.imul(h3 ^ k, 951274213);
-      h4 = h1 ^ Math.imul(h4 ^ k, 2716044179);
-    }
-    h1 = Math.imul(h3 ^ (h1 >>> 18), 597399067);
-    h2 = Math.imul(h4 ^ (h2 >>> 22), 2869860233);
-    h3 = Math.imul(h1 ^ (h3 >>> 17), 951274213);
-    h4 = Math.imul(h2 ^ (h4 >>> 19), 2716044179);
-    const r = new ToyRng([(h1 ^ h2 ^ h3 ^ h4) >>> 0, (h2 ^ h1) >>> 0, (h3 ^ h1) >>> 0, (h4 ^ h1) >>> 0]);
-    for (let i = 0; i < 12; i++) r.next(); // mix the seed in before the first use
-    return r;
-  }
-  /** Uniform in [0, 1). */
-  next(): number {
-    const s = this.s;
-    const t = (((s[0] + s[1]) | 0) + s[3]) | 0;
-    s[3] = (s[3] + 1) | 0;
-    s[0] = s[1] ^ (s[1] >>> 9);
-    s[1] = (s[2] + (s[2] << 3)) | 0;
-    s[2] = (s[2] << 21) | (s[2] >>> 11);
-    s[2] = (s[2] + t) | 0;
-    return (t >>> 0) / 4294967296;
-  }
-  /** Uniform in [a, b). */
-  range(a: number, b: number): number {
-    return a + (b - a) * this.next();
-  }
-  /** A 32-bit integer, for seeding a render. */
-  uint32(): number {
-    return Math.floor(this.next() * 4294967296) >>> 0;
-  }
-  pick<V>(xs: readonly V[]): V {
-    return xs[Math.floor(this.next() * xs.length)];
-  }
-}
-
 /** Draws every attribute uniformly and independently from `rng`. */
-export function sampleSceneFrom(rng: ToyRng): SceneAttrs {
+export function sampleSceneFrom(rng: Rng): SceneAttrs {
   return {
     shape: rng.pick(SHAPES),
     colour: rng.pick(COLOURS),
@@ -137,7 +85,7 @@ export function sampleSceneFrom(rng: ToyRng): SceneAttrs {
 
 /** Scene `index` of the world named by `seed`: random access, the same on every call. */
 export function sampleScene(seed: number, index: number): SceneAttrs {
-  return sampleSceneFrom(ToyRng.derive(seed, 'scene', index));
+  return sampleSceneFrom(Rng.derive(seed, 'scene', index));
 }
 
 // ---- captions -------------------------------------------------------------------------------
@@ -293,7 +241,7 @@ interface Jitter {
 const NO_JITTER: Jitter = { dx: 0, dy: 0, scale: 1, angle: 0, gain: 1, tint: [0, 0, 0], bgTint: [0, 0, 0], stripePhase: 0 };
 
 function jitterOf(seed: number): Jitter {
-  const r = ToyRng.derive(seed, 'jitter');
+  const r = Rng.derive(seed, 'jitter');
   const tint = (a: number): [number, number, number] => [r.range(-a, a), r.range(-a, a), r.range(-a, a)];
   // Small enough that a "left" shape stays in the left third and a red stays red.
   return {
@@ -498,7 +446,7 @@ const stem = (prefix: string, i: number) => `${prefix}-${String(i).padStart(5, '
 export function* datasetOf(n: number, seed: number, o: { size?: WorldSize } = {}): Generator<WorldItem> {
   for (let i = 0; i < n; i++) {
     const attrs = sampleScene(seed, i);
-    const image = renderScene(attrs, { size: o.size, seed: ToyRng.derive(seed, 'render', i).uint32() });
+    const image = renderScene(attrs, { size: o.size, seed: Rng.derive(seed, 'render', i).uint32() });
     yield { name: stem('world', i), attrs, caption: caption(attrs), image, subject: false, style: null };
   }
 }
@@ -510,7 +458,7 @@ export function* datasetOf(n: number, seed: number, o: { size?: WorldSize } = {}
  * encoder and UNet never see these: to them, dots and outlines are new.
  */
 export function codecImage(seed: number, index: number, o: { size?: WorldSize } = {}): RgbImage {
-  const rng = ToyRng.derive(seed, 'codec', index);
+  const rng = Rng.derive(seed, 'codec', index);
   const attrs = sampleSceneFrom(rng);
   const renderSeed = rng.uint32();
   const marks: Marks = {};
@@ -543,7 +491,7 @@ export interface ConceptOptions {
 export const SUBJECT_SIZE: Size = 'large';
 
 function subjectScene(seed: number, i: number, colour: Colour | 'any'): SceneAttrs {
-  const attrs = sampleSceneFrom(ToyRng.derive(seed, 'subject', i));
+  const attrs = sampleSceneFrom(Rng.derive(seed, 'subject', i));
   return { ...attrs, shape: 'heart', size: SUBJECT_SIZE, colour: colour === 'any' ? attrs.colour : colour };
 }
 
@@ -563,13 +511,13 @@ function subjectScene(seed: number, i: number, colour: Colour | 'any'): SceneAtt
 export function conceptTrainingSet(kind: 'subject' | 'style', n: number, seed: number, o: ConceptOptions = {}): WorldItem[] {
   const out: WorldItem[] = [];
   for (let i = 0; i < n; i++) {
-    const renderSeed = ToyRng.derive(seed, kind, 'render', i).uint32();
+    const renderSeed = Rng.derive(seed, kind, 'render', i).uint32();
     if (kind === 'subject') {
       const attrs = subjectScene(seed, i, o.colour ?? SUBJECT_COLOUR);
       const image = renderScene(attrs, { size: o.size, seed: renderSeed, subject: true });
       out.push({ name: stem('sks', i), attrs, caption: caption(attrs, { subject: true, colour: o.colour === 'any' }), image, subject: true, style: null });
     } else {
-      const attrs = sampleSceneFrom(ToyRng.derive(seed, 'style', i));
+      const attrs = sampleSceneFrom(Rng.derive(seed, 'style', i));
       const image = applyStyle(attrs, 'outline', { size: o.size, seed: renderSeed });
       out.push({ name: stem('outline', i), attrs, caption: caption(attrs), image, subject: false, style: 'outline' });
     }

@@ -16,10 +16,12 @@ import { createHash } from 'node:crypto';
 import type { Sharp, SharpConstructor } from 'sharp';
 import * as T from '../torch/index.ts';
 import { MAX_PIXELS } from '../formats/png.ts';
-import { DatasetError, Rng, buildCaption, captionFromFileName, cleanCaption, decodeCaption, fillTemplate, type CaptionOptions } from './captions.ts';
+import { Rng } from '../rng.ts';
+import { DatasetError, buildCaption, captionFromFileName, cleanCaption, decodeCaption, fillTemplate, type CaptionOptions } from './captions.ts';
 import { bucketConfig, makeBuckets, selectBucket, type BucketOptions, type Size } from './buckets.ts';
 
 export * from './captions.ts';
+export { Rng } from '../rng.ts';
 export * from './buckets.ts';
 
 

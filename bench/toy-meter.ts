@@ -50,21 +50,28 @@ export function sweepRuns(scale = 1): SweepRun[] {
 }
 
 /**
- * A sweep run's training config, its product's path and its validation interval, under `out`.
+ * A sweep run's training config, its product's path, its validation interval and where its product
+ * of a validated step lies (its snapshot, or at the last step the product itself; null when neither
+ * is on disk), under `out`.
  * SDTUNE_METER_SETTINGS='{"emaDecay":0.98}' adds settings to every run. The sample check is on:
  * 32 pictures per validation (SDTUNE_METER_SETTINGS='{"sampleCheck":0}' turns it off).
  */
-export function sweepConfig(r0: SweepRun, out: string): { r: SweepRun; c: TrainConfig; file: string; every: number } {
+export function sweepConfig(r0: SweepRun, out: string): { r: SweepRun; c: TrainConfig; file: string; every: number; snapshot: (step: number) => string | null } {
   const extra = { sampleCheck: 32, ...(JSON.parse(process.env.SDTUNE_METER_SETTINGS ?? '{}') as Record<string, unknown>) };
   const r = { ...r0, settings: { ...r0.settings, ...extra } };
   const every = Math.max(1, Math.round(r.steps / 8));
   const dir = join(out, r.name);
   const data = join(out, 'data');
-  const file = join(dir, r.technique === 'hypernetwork' ? `${r.name}.pt` : `${r.name}.safetensors`);
+  const ext = r.technique === 'hypernetwork' ? '.pt' : '.safetensors';
+  const file = join(dir, `${r.name}${ext}`);
   const c = resolveTrainConfig(r.technique, {
     flags: { ...r.settings, steps: r.steps, validateEvery: every, checkpointEvery: every, snapshots: true, model: TOY_MODEL_PATH, data: join(data, r.concept), validationData: join(data, `${r.concept}-heldout`), out: file, workDir: join(dir, 'work') },
   });
-  return { r, c, file, every };
+  const snapshot = (step: number) => {
+    const snap = snapshotPath(file, ext, step);
+    return existsSync(snap) ? snap : step === r.steps && existsSync(file) ? file : null;
+  };
+  return { r, c, file, every, snapshot };
 }
 
 export async function benchToyMeter(o: { scale?: number; probeCount?: number; out?: string; onLine?: (l: BenchLine) => void } = {}): Promise<BenchLine[]> {
@@ -83,7 +90,7 @@ export async function benchToyMeter(o: { scale?: number; probeCount?: number; ou
     // SDTUNE_METER_RUNS=name,name runs a subset.
     const only = process.env.SDTUNE_METER_RUNS?.split(',').map((x) => x.trim()).filter(Boolean);
     for (const r0 of sweepRuns(scale).filter((x) => !only || only.includes(x.name))) {
-      const { r, c, file, every } = sweepConfig(r0, out);
+      const { r, c, file, every, snapshot } = sweepConfig(r0, out);
       mkdirSync(dirname(file), { recursive: true });
       const t0 = Date.now();
       const { result } = await runTraining(c);
@@ -92,8 +99,7 @@ export async function benchToyMeter(o: { scale?: number; probeCount?: number; ou
       const pictures = (r.concept === 'subject' ? probes.subject : probes.style).reduce((n, p) => n + p.count, 0);
       const gt: (GroundTruth & { fidelity: number; preservation: number })[] = [];
       for (let step = every; step <= r.steps; step += every) {
-        const snap = snapshotPath(file, r.technique === 'hypernetwork' ? '.pt' : '.safetensors', step);
-        const path = existsSync(snap) ? snap : step === r.steps ? file : null;
+        const path = snapshot(step);
         if (!path) continue;
         const s = scoreProduct(r, path, { token: c.token, modelPath: TOY_MODEL_PATH, judge, probes, base }).scores;
         gt.push({ step, fidelity: round(s.concept_fidelity), preservation: round(s.prior_preservation), score: round(s.concept_fidelity * s.prior_preservation), pictures });
@@ -240,17 +246,15 @@ export async function benchToyMeterOracle(o: { log: readonly SweepResult[]; out?
     for (const rec of o.log) {
       const r0 = sweepRuns().find((x) => x.name === rec.run && x.steps === rec.steps);
       if (!r0 || r0.concept !== 'style' || !rec.log?.length) continue;
-      const { r, c, file } = sweepConfig(r0, out);
-      const ext = r.technique === 'hypernetwork' ? '.pt' : '.safetensors';
+      const { r, c, snapshot } = sweepConfig(r0, out);
       const model = loadStableDiffusion(TOY_MODEL_PATH, { hash: false });
       const check = await runSampleCheck(model, c);
       try {
         const detector: number[] = [];
         const judged: number[] = [];
         for (const x of rec.log) {
-          const snap = snapshotPath(file, ext, x.step);
-          const path = existsSync(snap) ? snap : x.step === r.steps && existsSync(file) ? file : null;
-          if (!path) throw new Error(`${snap} is missing: replay a sweep whose snapshots are still in ${out} (npm run bench -- toy-meter writes them)`);
+          const path = snapshot(x.step);
+          if (!path) throw new Error(`${rec.run}: the product of step ${x.step} is not in ${out}: replay a sweep whose snapshots are still in ${out} (npm run bench -- toy-meter writes them)`);
           const adapter = applyStyleAdapter(model, r.technique, path);
           try {
             const drawn = drawSamples(model, check);

@@ -146,13 +146,13 @@ static std::atomic<bool> g_hasPending{false};
 
 void drainPendingUnrefs(Napi::Env env) {
   if (!g_hasPending.load(std::memory_order_acquire)) return;
-  std::vector<napi_ref> todo;
+  std::vector<napi_ref> drained;
   {
     std::lock_guard<std::mutex> lock(g_unrefMutex);
-    todo.swap(g_pendingUnrefs);
+    drained.swap(g_pendingUnrefs);
     g_hasPending = false;
   }
-  for (napi_ref r : todo) napi_delete_reference(env, r);
+  for (napi_ref r : drained) napi_delete_reference(env, r);
 }
 
 static Napi::Value Dispose(const Napi::CallbackInfo& info) {
